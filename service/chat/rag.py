@@ -1,0 +1,96 @@
+"""The RAG chain: condense a follow-up with its history, number the retrieved context, ask for [n] cites.
+
+Prompts are LangChain templates; generation goes through whichever GenerationBackend serves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+from langchain_core.messages import BaseMessage
+from langchain_core.prompts import ChatPromptTemplate
+
+from service.events import Source
+from service.protocols import Chunk, GenerationBackend, GenerationParams, Message
+
+RAG_SYSTEM = (
+    "You answer questions using only the numbered context passages below. "
+    "Cite the passages you use by their number in square brackets, like [1]. "
+    "If the context does not contain the answer, say that the documents do not say.\n\n"
+    "Context:\n{context}"
+)
+
+RAG_PROMPT = ChatPromptTemplate.from_messages([("system", RAG_SYSTEM), ("human", "{question}")])
+
+CONDENSE_PROMPT = ChatPromptTemplate.from_messages(
+    [
+        (
+            "system",
+            "Rewrite the user's last question so that it can be understood without the conversation. "
+            "Reply with the rewritten question only.",
+        ),
+        ("human", "Conversation:\n{history}\n\nLast question: {question}"),
+    ]
+)
+
+NOTHING_FOUND = (
+    "I could not find anything about this in the documents of '{collection}', "
+    "so I won't guess. Try rephrasing, or ask without the documents."
+)
+
+_FOLLOW_UP = re.compile(r"\b(it|its|they|them|their|this|that|these|those|he|she|his|her|there|one)\b", re.I)
+
+
+_ROLES: dict[str, Literal["system", "user", "assistant"]] = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def _to_messages(prompt_messages: Sequence[BaseMessage]) -> list[Message]:
+    return [Message(role=_ROLES[m.type], content=str(m.content)) for m in prompt_messages]
+
+
+def format_context(chunks: Sequence[Chunk], max_chars: int = 700) -> str:
+    parts = []
+    for i, c in enumerate(chunks, 1):
+        where = c.title + (f" — {c.metadata['section']}" if c.metadata.get("section") else "")
+        parts.append(f"[{i}] ({where})\n{c.text.strip()[:max_chars]}")
+    return "\n\n".join(parts)
+
+
+def rag_messages(question: str, chunks: Sequence[Chunk]) -> list[Message]:
+    return _to_messages(RAG_PROMPT.format_messages(context=format_context(chunks), question=question))
+
+
+def sources_of(chunks: Sequence[Chunk], snippet_chars: int = 240) -> list[Source]:
+    return [
+        Source(
+            id=c.id,
+            title=c.title,
+            uri=c.uri,
+            snippet=" ".join(c.text.split())[:snippet_chars],
+            score=round(float(c.score), 4),
+        )
+        for c in chunks
+    ]
+
+
+def needs_condensing(question: str, history: Sequence[Message]) -> bool:
+    """A short question that leans on earlier turns ("what about its limits?")."""
+    return bool(history) and (len(question.split()) <= 6 or bool(_FOLLOW_UP.search(question)))
+
+
+async def condense(backend: GenerationBackend, question: str, history: Sequence[Message]) -> str:
+    """A standalone search query for a follow-up question.
+
+    The model's rewrite is kept beside the last user question and the new one, so a weak small
+    model can only add words to the query, never lose the ones the user wrote.
+    """
+    recent = [m for m in history if m.role in ("user", "assistant")][-4:]
+    text = "\n".join(f"{m.role}: {m.content[:300]}" for m in recent)
+    msgs = _to_messages(CONDENSE_PROMPT.format_messages(history=text, question=question))
+    rewrite = ""
+    async for piece in backend.stream(msgs, GenerationParams(max_tokens=40, temperature=0.0, stop=["\n"])):
+        rewrite += piece
+    last_user = next((m.content for m in reversed(recent) if m.role == "user"), "")
+    return " ".join(p for p in (rewrite.strip(), last_user[:300], question) if p)

@@ -1,0 +1,27 @@
+"""What a transport hands the pipeline, whatever protocol it spoke."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.protocols import Message
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(description="The user's message.")
+    conversation_id: str | None = Field(None, description="Continue this conversation; omit to start one.")
+    route: Literal["auto", "rag", "adapter", "base"] = Field("auto", description="Force a route, or decide.")
+    adapter: str | None = Field(None, description="LoRA adapter to answer with.")
+    collection: str | None = Field(None, description="Knowledge-base collection to search.")
+    max_tokens: int | None = Field(None, ge=1, description="Answer length limit in tokens.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(None, max_length=4)
+    seed: int | None = None
+    # Given by the OpenAI transport: the earlier turns the client sent, used instead of stored history.
+    history: list[Message] | None = Field(None, exclude=True)
+    system: str | None = Field(None, exclude=True)

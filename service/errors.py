@@ -1,0 +1,71 @@
+"""Enclave's one error tree, translated to HTTP, SSE and WebSocket in exactly one place.
+
+EnclaveError
+├── InvalidRequest        invalid_request      400  ws 1008 (event only, socket stays open)
+├── Unauthorized          unauthorized         401  ws 1008
+├── Forbidden             forbidden            403  ws 1008
+├── NotFound              not_found            404
+├── Overloaded            overloaded           429  ws 1013 (Retry-After)
+├── ModerationBlocked     moderation_blocked   400
+├── BackendUnavailable    backend_unavailable  503
+├── Timeout               timeout              504
+└── InternalError         internal             500  ws 1011
+"""
+
+from __future__ import annotations
+
+
+class EnclaveError(Exception):
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidRequest(EnclaveError):
+    code, status = "invalid_request", 400
+
+
+class Unauthorized(EnclaveError):
+    code, status = "unauthorized", 401
+
+
+class Forbidden(EnclaveError):
+    code, status = "forbidden", 403
+
+
+class NotFound(EnclaveError):
+    code, status = "not_found", 404
+
+
+class Overloaded(EnclaveError):
+    code, status = "overloaded", 429
+
+
+class ModerationBlocked(EnclaveError):
+    code, status = "moderation_blocked", 400
+
+
+class BackendUnavailable(EnclaveError):
+    code, status = "backend_unavailable", 503
+
+
+class Timeout(EnclaveError):
+    code, status = "timeout", 504
+
+
+class InternalError(EnclaveError):
+    code, status = "internal", 500
+
+
+WS_CLOSE_CODES = {"overloaded": 1013, "unauthorized": 1008, "forbidden": 1008, "internal": 1011}
+
+
+def as_enclave_error(exc: BaseException) -> EnclaveError:
+    """Any exception as an EnclaveError; unknown ones never expose their text to a client."""
+    if isinstance(exc, EnclaveError):
+        return exc
+    return InternalError("internal error")

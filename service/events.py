@@ -1,0 +1,85 @@
+"""The one event schema every transport encodes: route, sources, token, moderation, done, error."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Source(BaseModel):
+    id: str
+    title: str
+    uri: str
+    snippet: str
+    score: float
+
+
+class RouteEvent(BaseModel):
+    type: Literal["route"] = "route"
+    route: Literal["rag", "adapter", "base"]
+    adapter: str | None = None
+    reason: str
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
+class SourcesEvent(BaseModel):
+    type: Literal["sources"] = "sources"
+    sources: list[Source]
+
+
+class TokenEvent(BaseModel):
+    type: Literal["token"] = "token"
+    text: str
+
+
+class ModerationEvent(BaseModel):
+    type: Literal["moderation"] = "moderation"
+    stage: Literal["input", "output"]
+    action: Literal["allow", "redact", "block"]
+    categories: list[str] = Field(default_factory=list)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class DoneEvent(BaseModel):
+    type: Literal["done"] = "done"
+    conversation_id: str
+    message_id: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+
+
+ErrorCode = Literal[
+    "invalid_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "overloaded",
+    "moderation_blocked",
+    "backend_unavailable",
+    "timeout",
+    "internal",
+]
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    conversation_id: str | None = None
+    message_id: str | None = None
+
+
+ChatEvent = Annotated[
+    RouteEvent | SourcesEvent | TokenEvent | ModerationEvent | DoneEvent | ErrorEvent,
+    Field(discriminator="type"),
+]
+
+
+def event_dict(event: BaseModel) -> dict[str, Any]:
+    return event.model_dump(mode="json", exclude_none=False)

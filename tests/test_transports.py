@@ -1,0 +1,243 @@
+"""The three transports over real sockets, against the echo backend and the real small model."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.conftest import Server
+
+
+def ws_events(ws: Any, timeout: float = 120) -> list[dict[str, Any]]:
+    """Frames until the one final `done` or `error`."""
+    events = []
+    while True:
+        ev = json.loads(ws.recv(timeout=timeout))
+        events.append(ev)
+        if ev["type"] in ("done", "error"):
+            return events
+
+
+def sse_events(resp: httpx.Response) -> list[dict[str, Any]]:
+    events, kind = [], None
+    for line in resp.iter_lines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+            assert data["type"] == kind
+            events.append(data)
+    return events
+
+
+def assert_complete_stream(events: list[dict[str, Any]]) -> str:
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "route", kinds
+    assert kinds.count("done") + kinds.count("error") == 1 and kinds[-1] == "done", events[-1]
+    text = "".join(e["text"] for e in events if e["type"] == "token")
+    assert text.strip(), "the answer is empty"
+    done = events[-1]
+    assert done["conversation_id"].startswith("conv_") and done["message_id"].startswith("msg_")
+    assert done["usage"]["completion_tokens"] > 0
+    assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
+    return text
+
+
+def test_websocket_streams_and_keeps_the_conversation(server: Server) -> None:
+    with connect(server.ws_url) as ws:
+        ws.send(json.dumps({"type": "chat", "message": "Name a colour of the sky."}))
+        first = ws_events(ws)
+        text = assert_complete_stream(first)
+        assert sum(e["type"] == "token" for e in first) >= 2, "tokens should stream one by one"
+        cid = first[-1]["conversation_id"]
+        # The socket stays open for the next message of the same conversation.
+        ws.send(json.dumps({"type": "chat", "message": "And at night?", "conversation_id": cid}))
+        second = ws_events(ws)
+        assert_complete_stream(second)
+        assert second[-1]["conversation_id"] == cid
+    conv = server.get(f"/v1/conversations/{cid}").json()
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert conv["messages"][1]["content"] == text
+    assert all(m["status"] == "complete" for m in conv["messages"])
+
+
+def test_sse_stream(server: Server) -> None:
+    with httpx.stream("POST", server.url + "/v1/chat/stream", json={"message": "Say hello."}, timeout=120) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(resp)
+    assert_complete_stream(events)
+
+
+def test_openai_client_stream_and_not(server: Server) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    models = [m.id for m in client.models.list()]
+    assert "smollm2-135m-instruct" in models
+    resp = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+        max_tokens=12,
+    )
+    assert resp.choices[0].message.content
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert 0 < resp.usage.completion_tokens <= 12  # type: ignore[union-attr]
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.usage:
+            usage = chunk.usage
+    assert len(pieces) >= 2 and "".join(pieces).strip()
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_openai_errors_are_openai_shaped(echo_server: Server) -> None:
+    import openai
+    from openai import OpenAI
+
+    client = OpenAI(base_url=echo_server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": " "}])
+    with pytest.raises(openai.BadRequestError, match="last message"):
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "assistant", "content": "hi"}])
+
+
+def test_langchain_chat_openai(live_server: Server) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=live_server.url + "/v1",
+        api_key="unused",
+        model="smollm2-135m-instruct",  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,  # type: ignore[call-arg]
+    )
+    assert llm.invoke("What is the capital of France?").content
+    streamed = "".join(str(c.content) for c in llm.stream("Name a fruit."))
+    assert streamed.strip()
+
+
+def test_cancel_mid_stream_stops_generation(live_server: Server) -> None:
+    with connect(live_server.ws_url) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "message": "Write a long story about a dragon.",
+                    "max_tokens": 400,
+                    "route": "base",
+                }
+            )
+        )
+        events: list[dict[str, Any]] = []
+        while sum(e["type"] == "token" for e in events) < 3:
+            events.append(json.loads(ws.recv(timeout=120)))
+        sent = time.monotonic()
+        ws.send(json.dumps({"type": "cancel"}))
+        rest = ws_events(ws, timeout=30)
+        stopped_in = time.monotonic() - sent
+        final = rest[-1]
+        assert final["type"] == "done" and final["finish_reason"] == "cancelled"
+        assert final["usage"]["completion_tokens"] < 100
+        assert stopped_in < 5
+        # The socket still answers afterwards.
+        ws.send(json.dumps({"type": "chat", "message": "Hi", "route": "base"}))
+        assert ws_events(ws)[-1]["type"] == "done"
+    conv = live_server.get(f"/v1/conversations/{final['conversation_id']}").json()
+    assert conv["messages"][1]["status"] == "cancelled"
+    assert conv["messages"][1]["content"] == "".join(e["text"] for e in events + rest if e["type"] == "token")
+
+
+@pytest.mark.parametrize(
+    ("frame", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (json.dumps({"type": "shout"}), "unknown frame type"),
+        (json.dumps({"type": "chat", "message": ""}), "empty"),
+        (json.dumps({"type": "chat", "message": "x" * 9000}), "limit"),
+        (json.dumps({"type": "chat", "message": "hi", "route": "sideways"}), "route"),
+        (json.dumps({"type": "chat", "message": "hi", "bogus": 1}), "bogus"),
+        (
+            json.dumps({"type": "chat", "message": "hi", "conversation_id": "conv_nope"}),
+            "unknown conversation",
+        ),
+        (json.dumps({"type": "chat", "message": "hi", "adapter": "ghost"}), "unknown adapter"),
+        (json.dumps({"type": "cancel"}), "nothing to cancel"),
+    ],
+)
+def test_websocket_bad_frames_get_an_error_and_the_socket_survives(
+    echo_server: Server, frame: str, needle: str
+) -> None:
+    with connect(echo_server.ws_url) as ws:
+        ws.send(frame)
+        ev = ws_events(ws, timeout=10)[-1]
+        assert ev["type"] == "error" and ev["code"] in ("invalid_request", "not_found"), ev
+        assert needle in ev["message"]
+        ws.send(json.dumps({"type": "chat", "message": "still there?"}))
+        assert ws_events(ws, timeout=10)[-1]["type"] == "done"
+
+
+def test_oversized_ws_frame_closes_with_1009(echo_server: Server) -> None:
+    with connect(echo_server.ws_url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "chat", "message": "y" * 70_000}))
+        with pytest.raises(Exception) as info:
+            while True:
+                ws.recv(timeout=10)
+        assert "1009" in str(info.value)
+
+
+def test_http_bad_input_is_4xx_json(echo_server: Server) -> None:
+    bad = echo_server.post("/v1/chat/stream", content=b"{oops", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    long = echo_server.post("/v1/chat/stream", json={"message": "z" * 9000})
+    assert long.status_code == 400 and "limit" in long.json()["error"]["message"]
+    huge = echo_server.post(
+        "/v1/chat/stream",
+        content=b"{" + b" " * 1_100_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert huge.status_code == 413
+    missing = echo_server.get("/v1/conversations/conv_missing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert echo_server.get("/healthz").json() == {"status": "ok"}
+
+
+def test_conversation_api_lists_reads_and_deletes(echo_server: Server) -> None:
+    with httpx.stream("POST", echo_server.url + "/v1/chat/stream", json={"message": "remember me"}) as r:
+        cid = sse_events(r)[-1]["conversation_id"]
+    listed = echo_server.get("/v1/conversations").json()["data"]
+    row = next(c for c in listed if c["id"] == cid)
+    assert row["title"] == "remember me" and row["message_count"] == 2
+    assert httpx.delete(echo_server.url + f"/v1/conversations/{cid}").status_code == 204
+    assert echo_server.get(f"/v1/conversations/{cid}").status_code == 404
+
+
+def test_metrics_count_requests_and_tokens(echo_server: Server) -> None:
+    with httpx.stream("POST", echo_server.url + "/v1/chat/stream", json={"message": "count this"}) as r:
+        sse_events(r)
+    text = echo_server.get("/metrics").text
+    for name in (
+        "enclave_chat_requests_total",
+        "enclave_time_to_first_token_seconds_bucket",
+        "enclave_tokens_per_second_bucket",
+        "enclave_active_streams",
+        "enclave_route_decisions_total",
+    ):
+        assert name in text
+    assert 'enclave_chat_requests_total{transport="sse"}' in text
