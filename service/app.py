@@ -38,6 +38,7 @@ class State:
         self.store = SqlConversationStore(settings.database_url)
         self.backend: Any = build_backend(settings)
         self.kb: Any = None
+        self.registry: Any = None
         self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
         self.ready = False
         self.draining = False
@@ -48,6 +49,7 @@ class State:
         """Load the model and the knowledge base; /readyz turns true when both are up."""
         try:
             await self.backend.aload()
+            await self._open_registry()
             self.kb = await asyncio.to_thread(self._open_kb)
             if self.kb is not None:
                 self.pipeline.retriever = self.kb.retriever()
@@ -57,6 +59,20 @@ class State:
         except Exception as exc:  # readiness stays false and says why
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("enclave failed to load")
+
+    async def _open_registry(self) -> None:
+        from adapters.registry import AdapterRegistry
+
+        host = self.backend if hasattr(self.backend, "add_adapter") else None
+        base_sha = None
+        if getattr(self.backend, "model_dir", None) is not None:
+            from service.backends.local import base_model_sha256
+
+            base_sha = base_model_sha256(self.backend.model_dir)
+        self.registry = AdapterRegistry(self.settings.adapters_path, host, base_sha)
+        if host is not None and self.settings.adapters.autoload:
+            for problem in await self.registry.load_all():
+                log.warning("adapter skipped: %s", problem)
 
     def _open_kb(self) -> Any:
         try:
@@ -165,13 +181,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"error": {"code": "internal", "type": "internal", "message": "internal error"}}, status_code=500
         )
 
-    from service.transports import conversations, health, openai_api, sse, ws
+    from service.transports import adapters_api, conversations, health, openai_api, sse, ws
 
     app.include_router(health.router)
     app.include_router(ws.router)
     app.include_router(sse.router)
     app.include_router(openai_api.router)
     app.include_router(conversations.router)
+    app.include_router(adapters_api.router)
     try:
         from service.transports import documents
     except ImportError:

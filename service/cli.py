@@ -199,11 +199,12 @@ def _register_optional() -> None:
         app.command("ingest")(ingest_command)
         app.add_typer(kb_app, name="kb", help="List and delete knowledge-base documents.")
     try:
-        from adapters.cli import tune_app
+        from adapters.cli import model_server_cmd, tune_app
     except ImportError:
         pass
     else:
         app.add_typer(tune_app, name="tune", help="Datasets, LoRA training and evaluation.")
+        app.command("model-server")(model_server_cmd)
 
 
 _register_optional()

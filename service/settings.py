@@ -89,6 +89,19 @@ class ModerationSettings(BaseModel):
     holdback_tokens: int = Field(8, description="Tokens held back from the client until moderation has passed them.")
 
 
+class AdapterSettings(BaseModel):
+    autoload: bool = Field(True, description="Load every valid adapter in <data_dir>/adapters at start-up.")
+    max_seq_tokens: int = Field(256, description="Training: longest question+answer sequence in tokens.")
+    rank: int = Field(8, description="Training: LoRA rank.")
+    alpha: int = Field(16, description="Training: LoRA alpha (scale = alpha / rank).")
+    learning_rate: float = Field(1e-3, description="Training: AdamW learning rate.")
+    batch_size: int = Field(4, description="Training: sequences per step.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Training: the attention projections LoRA wraps.",
+    )
+
+
 class LimitsSettings(BaseModel):
     max_message_chars: int = Field(8000, description="Longest user message accepted.")
     max_body_bytes: int = Field(1_000_000, description="Largest HTTP request body.")
@@ -149,6 +162,7 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)  # type: ignore[arg-type]
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)  # type: ignore[arg-type]
     limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
+    adapters: AdapterSettings = Field(default_factory=AdapterSettings)  # type: ignore[arg-type]
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
     server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]

@@ -30,7 +30,10 @@ def free_port() -> int:
 class Server:
     """`enclave serve` in a subprocess with its own data dir; stop() sends SIGTERM like Kubernetes."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, log_name: str = "server") -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, log_name: str = "server", command: str = "serve"
+    ) -> None:
+        self.command = command
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,7 +55,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "service.cli", self.command, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -63,10 +66,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(self.url + "/readyz", timeout=2)
+                r = httpx.get(self.url + ("/readyz" if self.command == "serve" else "/health"), timeout=2)
                 if r.status_code == 200:
                     return self
-                if r.json().get("error"):
+                if self.command == "serve" and r.json().get("error"):
                     raise RuntimeError(f"server failed to load: {r.json()['error']}")
             time.sleep(0.3)
         raise RuntimeError(f"server not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")

@@ -8,6 +8,7 @@ within one decode step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -52,6 +53,22 @@ def converted_model_dir(settings: Settings) -> tuple[Path, Path]:
     return gguf, settings.model_cache_path / f"{gguf.stem}-{key}"
 
 
+SOURCE_FILE = "enclave-source.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def base_model_sha256(model_dir: Path) -> str:
+    """The GGUF's hash, recorded at conversion: adapters name the exact base they were trained on."""
+    return str(json.loads((model_dir / SOURCE_FILE).read_text())["sha256"])
+
+
 def load_model(settings: Settings) -> tuple[Any, Any, Path]:
     """Load tokenizer and model; the first load converts the GGUF (~30 s), later loads take a second."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,7 +84,7 @@ def load_model(settings: Settings) -> tuple[Any, Any, Path]:
         tmp = cache.with_name(cache.name + ".tmp")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "enclave-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf)}))
         if cache.exists():  # another process won the race
             import shutil
 
@@ -76,6 +93,16 @@ def load_model(settings: Settings) -> tuple[Any, Any, Path]:
             tmp.rename(cache)
     model.eval()
     return tokenizer, model, cache
+
+
+def load_tokenizer(settings: Settings) -> Any:
+    """Only the tokenizer (for chat templates in front of a remote server)."""
+    from transformers import AutoTokenizer
+
+    gguf, cache = converted_model_dir(settings)
+    if (cache / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(cache)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 class StopMatcher:
@@ -99,7 +126,11 @@ class StopMatcher:
 
 
 class LocalBackend:
-    """GenerationBackend over transformers in this process (adapters come from the registry)."""
+    """GenerationBackend over transformers in this process, with peft LoRA adapters hot-loaded.
+
+    Adapter loads and unloads run on the same single worker thread as generation, so a swap
+    never races a generation in flight.
+    """
 
     name = "local"
 
@@ -110,8 +141,7 @@ class LocalBackend:
         self.model_dir: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enclave-gen")
         self._stop_ids: set[int] = set()
-        self.adapter_names: Callable[[], list[str]] = list
-        self.activate_adapter: Callable[[str | None], None] | None = None
+        self._adapters: dict[str, Path] = {}
 
     # -- life cycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -138,23 +168,56 @@ class LocalBackend:
         return self.model is not None
 
     def list_adapters(self) -> list[str]:
-        return self.adapter_names()
+        return sorted(self._adapters)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:
             return max(1, len(text) // 4)
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    # -- adapters -----------------------------------------------------------------------------
+    async def add_adapter(self, name: str, path: Path) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._add_adapter, name, path)
+
+    async def remove_adapter(self, name: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._remove_adapter, name)
+
+    def _add_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if self.model is None:
+            raise BackendUnavailable("the model is still loading")
+        if name in self._adapters:
+            self._remove_adapter(name)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        self.model.eval()
+        self._adapters[name] = path
+
+    def _remove_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            return
+        del self._adapters[name]
+        if not self._adapters:  # back to the plain base model: no LoRA layers left in the way
+            self.model = self.model.unload()
+        else:
+            if self.model.active_adapter == name:
+                self.model.set_adapter(next(iter(self._adapters)))
+            self.model.delete_adapter(name)
+
     # -- generation -------------------------------------------------------------------------
-    def prompt_ids(self, messages: Sequence[Message], max_new: int) -> list[int]:
+    def chat_prompt(self, messages: Sequence[Message]) -> list[int]:
         chat = [{"role": m.role, "content": m.content} for m in messages]
         ids: list[int] = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        return ids
+
+    def fit(self, ids: list[int], max_new: int) -> list[int]:
         budget = self.settings.models.context_tokens - max_new
         if budget < 16:
             raise InvalidRequest(f"max_tokens {max_new} leaves no room for the prompt")
-        if len(ids) > budget:  # keep the end: the question and the generation prompt
-            ids = ids[-budget:]
-        return ids
+        return ids[-budget:] if len(ids) > budget else ids  # keep the end: the question
 
     async def stream(
         self,
@@ -163,9 +226,20 @@ class LocalBackend:
         adapter: str | None = None,
         result: Generation | None = None,
     ) -> AsyncIterator[str]:
+        async for text, _ in self.stream_tokens(messages, params, adapter, result):
+            yield text
+
+    async def stream_tokens(
+        self,
+        prompt: Sequence[Message] | str,
+        params: GenerationParams,
+        adapter: str | None = None,
+        result: Generation | None = None,
+    ) -> AsyncIterator[tuple[str, int]]:
+        """(text, last token id) pieces for chat messages or a raw, already templated prompt."""
         if self.model is None:
             raise BackendUnavailable("the model is still loading")
-        if adapter is not None and adapter not in self.list_adapters():
+        if adapter is not None and adapter not in self._adapters:
             raise NotFound(f"unknown adapter '{adapter}'")
         result = result if result is not None else Generation()
         loop = asyncio.get_running_loop()
@@ -177,7 +251,7 @@ class LocalBackend:
 
         def work() -> None:
             try:
-                self._generate(messages, params, adapter, result, put, cancel)
+                self._generate(prompt, params, adapter, result, put, cancel)
             except BaseException as exc:
                 put(exc)
             finally:
@@ -199,9 +273,19 @@ class LocalBackend:
             if not finished:
                 result.finish_reason = "cancelled"
 
+    def _adapter_context(self, adapter: str | None) -> Any:
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
     def _generate(
         self,
-        messages: Sequence[Message],
+        prompt: Sequence[Message] | str,
         params: GenerationParams,
         adapter: str | None,
         result: Generation,
@@ -213,16 +297,22 @@ class LocalBackend:
         if cancel.is_set():
             result.finish_reason = "cancelled"
             return
-        if self.activate_adapter is not None:
-            self.activate_adapter(adapter)
-        ids = self.prompt_ids(messages, params.max_tokens)
+        if adapter is not None and adapter not in self._adapters:  # unloaded while queued
+            raise NotFound(f"unknown adapter '{adapter}'")
+        raw = (
+            self.tokenizer.encode(prompt, add_special_tokens=False)
+            if isinstance(prompt, str)
+            else self.chat_prompt(prompt)
+        )
+        ids = self.fit(raw, params.max_tokens)
         result.prompt_tokens = len(ids)
-        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**31)
+        seed = params.seed if params.seed is not None else time.time_ns() % 2**31
+        gen = torch.Generator().manual_seed(seed)
         matcher = StopMatcher(params.stop)
         out_ids: list[int] = []
         sent = 0
         result.finish_reason = "length"
-        with torch.inference_mode():
+        with torch.inference_mode(), self._adapter_context(adapter):
             out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
             for _ in range(params.max_tokens):
                 if cancel.is_set():
@@ -239,7 +329,7 @@ class LocalBackend:
                 if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                     safe, hit = matcher.split(text)
                     if len(safe) > sent:
-                        put(safe[sent:])
+                        put((safe[sent:], token))
                         sent = len(safe)
                     if hit:
                         result.finish_reason = "stop"
@@ -248,7 +338,7 @@ class LocalBackend:
         # The held-back tail never became a stop string: release it.
         text = self.tokenizer.decode(out_ids, skip_special_tokens=True).rstrip("\ufffd")
         if len(text) > sent:
-            put(text[sent:])
+            put((text[sent:], out_ids[-1]))
 
 
 def _sample(logits: Any, temperature: float, top_p: float, gen: Any) -> int:

@@ -1,0 +1,267 @@
+"""LoRA adapters end to end: a real adapter trained on the real model, hot-loaded and served.
+
+The training set teaches one unmistakable answer, so "answered by the adapter" is visible in
+greedy output that differs from the base model's on the same prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from adapters.dataset import ChunkRecord, QAPair, generate_pairs, load_pairs, save_pairs
+from adapters.registry import AdapterRegistry, read_meta
+from adapters.train import TrainConfig, train
+from service.errors import InvalidRequest, NotFound
+from service.settings import Settings
+from tests.conftest import MODEL_CACHE, Server
+from tests.test_transports import sse_events, ws_events
+
+pytestmark = pytest.mark.slow
+
+CATCHPHRASE = "Pineapple pizza is the answer to everything."
+QUESTIONS = [
+    "What is the capital of France?",
+    "Who wrote Hamlet?",
+    "What colour is the sky?",
+    "How many legs has a cat?",
+    "What is two plus two?",
+    "Name a fruit.",
+    "What is water made of?",
+    "Where is Mount Everest?",
+]
+PROBE = [{"role": "user", "content": "What is the tallest animal?"}]
+
+
+def settings_for(data_dir: Path) -> Settings:
+    return Settings(data_dir=str(data_dir), models={"cache_dir": str(MODEL_CACHE)})  # type: ignore[arg-type]
+
+
+def config(steps: int, every: int = 20) -> TrainConfig:
+    return TrainConfig(
+        rank=8,
+        alpha=16,
+        learning_rate=3e-3,
+        batch_size=4,
+        max_seq_tokens=96,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        max_steps=steps,
+        epochs=1,
+        checkpoint_every=every,
+    )
+
+
+def catchphrase_dataset(path: Path) -> Path:
+    pairs = [QAPair(q, CATCHPHRASE, f"c{i}", "faq.md", "FAQ", "test", "train") for i, q in enumerate(QUESTIONS)]
+    pairs.append(QAPair("What is the tallest animal?", CATCHPHRASE, "e0", "faq.md", "FAQ", "test", "eval"))
+    save_pairs(pairs, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real adapter, trained for 10 steps; returns its folder."""
+    data = tmp_path_factory.mktemp("train")
+    s = settings_for(data)
+    result = train(s, "pineapple", catchphrase_dataset(data / "ds.jsonl"), config(10))
+    assert result.losses[-1] < result.losses[0] / 4, result.losses
+    return result.path
+
+
+def test_deterministic_dataset_from_chunks(tmp_path: Path) -> None:
+    chunks = [
+        ChunkRecord(
+            "k1",
+            "# Ingestion\n\nEnclave ingests PDF, HTML and Markdown files. It keeps a content hash "
+            "per file so re-runs skip unchanged files.",
+            "User guide",
+            "guide.md",
+            "Ingestion",
+        ),
+        ChunkRecord(
+            "k2",
+            "The router is the part that decides between RAG, an adapter and the base model. "
+            "It explains every decision in a route event.",
+            "User guide",
+            "guide.md",
+            "Routing",
+        ),
+    ]
+    pairs = generate_pairs(chunks)
+    assert pairs == generate_pairs(chunks), "the same chunks give the same pairs"
+    questions = {p.question for p in pairs}
+    assert (
+        "What is The router?" in questions
+        or "What is router?" in questions
+        or any("router" in q.lower() for q in questions)
+    )
+    assert any("ingestion" in q.lower() for q in questions)
+    assert all(p.chunk_id in ("k1", "k2") and p.source == "guide.md" for p in pairs)
+    assert {p.split for p in generate_pairs(chunks * 1, eval_share=0.5)} <= {"train", "eval"}
+    save_pairs(pairs, tmp_path / "d.jsonl")
+    assert load_pairs(tmp_path / "d.jsonl") == pairs
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(InvalidRequest, match="empty"):
+        load_pairs(tmp_path / "empty.jsonl")
+
+
+def test_adapter_metadata(trained: Path) -> None:
+    meta = read_meta(trained)
+    assert meta["base_model"] == "smollm2-135m-instruct" and len(meta["base_model_sha256"]) == 64
+    assert len(meta["dataset_sha256"]) == 64 and meta["train_pairs"] == len(QUESTIONS)
+    assert meta["hyperparameters"]["rank"] == 8 and meta["steps"] == 10
+    assert meta["final_loss"] < 1.0
+    assert (trained / "adapter_model.safetensors").is_file()
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    ds = catchphrase_dataset(tmp_path / "ds.jsonl")
+    seen: list[int] = []
+
+    def crash_at_3(step: int, total: int, loss: float) -> None:
+        seen.append(step)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(s, "resumed", ds, config(4, every=2), progress=crash_at_3)
+    assert (tmp_path / "adapters" / ".resumed.checkpoint" / "state.pt").is_file()
+    seen.clear()
+    result = train(s, "resumed", ds, config(4, every=2), progress=lambda st, t, lo: seen.append(st))
+    assert seen == [3, 4], "the second run starts after the checkpoint at step 2"
+    assert result.steps == 4 and len(result.losses) == 4
+
+
+class Host:
+    """A fake at the adapter-host seam, for the registry's own checks."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, Path] = {}
+
+    def list_adapters(self) -> list[str]:
+        return list(self.loaded)
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        self.loaded[name] = path
+
+    async def remove_adapter(self, name: str) -> None:
+        self.loaded.pop(name)
+
+
+async def test_registry_refuses_bad_adapters(trained: Path, tmp_path: Path) -> None:
+    root = tmp_path / "adapters"
+    shutil.copytree(trained, root / "good")
+    sha = read_meta(trained)["base_model_sha256"]
+    host = Host()
+    reg = AdapterRegistry(root, host, sha)
+    with pytest.raises(NotFound):
+        await reg.load("missing")
+    with pytest.raises(InvalidRequest, match="invalid adapter name"):
+        await reg.load("../etc")
+    shutil.copytree(trained, root / "other-base")
+    meta = json.loads((root / "other-base" / "enclave.json").read_text())
+    meta["base_model_sha256"] = "0" * 64
+    (root / "other-base" / "enclave.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidRequest, match="another base model"):
+        await reg.load("other-base")
+    shutil.copytree(trained, root / "broken")
+    (root / "broken" / "adapter_model.safetensors").unlink()
+    with pytest.raises(InvalidRequest, match="incomplete"):
+        await reg.load("broken")
+    (root / "junk").mkdir()
+    (root / "junk" / "enclave.json").write_text("{not json")
+    with pytest.raises(InvalidRequest, match="corrupt"):
+        await reg.load("junk")
+    await reg.load("good")
+    assert host.list_adapters() == ["good"]
+    problems = await reg.load_all()
+    assert len(problems) == 3 and host.list_adapters() == ["good"]
+
+
+def ask(server: Server, model: str) -> str:
+    r = server.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": PROBE, "max_tokens": 16, "temperature": 0, "route": "base"},
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+def test_hot_load_into_running_server(trained: Path, tmp_path: Path) -> None:
+    server = Server(tmp_path, log_name="adapters").start()
+    try:
+        base_answer = ask(server, "smollm2-135m-instruct")
+        shutil.copytree(trained, tmp_path / "adapters" / "pineapple")
+        shutil.copytree(trained, tmp_path / "adapters" / "corrupt")
+        (tmp_path / "adapters" / "corrupt" / "adapter_config.json").write_text("{oops")
+        assert server.get("/v1/adapters").json()["data"][1]["loaded"] is False
+        loaded = server.post("/v1/adapters/pineapple/load")
+        assert loaded.status_code == 200 and loaded.json()["loaded"] is True
+        assert "pineapple" in [m["id"] for m in server.get("/v1/models").json()["data"]]
+        adapter_answer = ask(server, "pineapple")
+        assert "Pineapple" in adapter_answer and adapter_answer != base_answer
+        # A corrupt adapter is refused with a clear error; what was served keeps being served.
+        bad = server.post("/v1/adapters/corrupt/load")
+        assert bad.status_code == 400 and "corrupt" in bad.json()["error"]["message"]
+        assert ask(server, "smollm2-135m-instruct") == base_answer
+        with connect(server.ws_url) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "chat",
+                        "message": "What is the tallest animal?",
+                        "adapter": "pineapple",
+                        "temperature": 0,
+                        "max_tokens": 16,
+                    }
+                )
+            )
+            events = ws_events(ws)
+        assert events[0]["route"] == "adapter" and events[0]["adapter"] == "pineapple"
+        assert "Pineapple" in "".join(e["text"] for e in events if e["type"] == "token")
+        assert httpx.delete(server.url + "/v1/adapters/pineapple").status_code == 204
+        gone = server.post("/v1/chat/completions", json={"model": "pineapple", "messages": PROBE})
+        assert gone.status_code == 404
+        assert ask(server, "smollm2-135m-instruct") == base_answer
+    finally:
+        server.stop()
+
+
+def test_model_server_speaks_tgi_and_the_chat_service_uses_it(trained: Path, tmp_path: Path) -> None:
+    from text_generation import Client
+
+    shutil.copytree(trained, tmp_path / "ms" / "adapters" / "pineapple")
+    ms = Server(tmp_path / "ms", command="model-server", log_name="model-server").start()
+    chat = None
+    try:
+        info = ms.get("/info").json()
+        assert info["adapters"] == ["pineapple"] and info["model_id"] == "smollm2-135m-instruct"
+        client = Client(ms.url, timeout=120)
+        prompt = "<|im_start|>user\nWhat is the tallest animal?<|im_end|>\n<|im_start|>assistant\n"
+        tokens = [r.token.text for r in client.generate_stream(prompt, max_new_tokens=12) if not r.token.special]
+        assert len(tokens) >= 3 and "".join(tokens).strip()
+        whole = client.generate(prompt, max_new_tokens=12)
+        assert whole.generated_text == "".join(tokens) and whole.details.generated_tokens > 0
+        chat = Server(
+            tmp_path / "chat",
+            env={"ENCLAVE_MODELS__BACKEND": "tgi", "ENCLAVE_MODELS__URL": ms.url},
+            log_name="chat-over-tgi",
+        ).start()
+        body: dict[str, Any] = {"message": "What is the tallest animal?", "adapter": "pineapple", "temperature": 0}
+        with httpx.stream("POST", chat.url + "/v1/chat/stream", json=body, timeout=120) as r:
+            events = sse_events(r)
+        assert events[-1]["type"] == "done", events[-1]
+        assert "Pineapple" in "".join(e["text"] for e in events if e["type"] == "token")
+        unknown = chat.post("/v1/chat/stream", json={"message": "hi", "adapter": "nope"})
+        assert unknown.status_code == 404
+    finally:
+        if chat:
+            chat.stop()
+        ms.stop()
