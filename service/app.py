@@ -181,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"error": {"code": "internal", "type": "internal", "message": "internal error"}}, status_code=500
         )
 
-    from service.transports import adapters_api, conversations, health, openai_api, sse, ws
+    from service.transports import adapters_api, conversations, documents, health, openai_api, sse, ws
 
     app.include_router(health.router)
     app.include_router(ws.router)
@@ -189,12 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_api.router)
     app.include_router(conversations.router)
     app.include_router(adapters_api.router)
-    try:
-        from service.transports import documents
-    except ImportError:
-        log.warning("document routes unavailable: the ingest package is not installed")
-    else:
-        app.include_router(documents.router)
+    app.include_router(documents.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -1,0 +1,352 @@
+"""The knowledge base: documents chunked by structure, embedded, indexed in Chroma, searched hybrid.
+
+One Chroma collection per Enclave collection (cosine HNSW). Every chunk carries its document's
+id, uri, title, section, page and content hash, so re-ingesting skips unchanged files, replaces
+changed ones and drops deleted ones. Search fuses dense and BM25 rankings by reciprocal rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ingest.embedder import Embedder
+from ingest.loaders import Document, LoadError, kind_of, load
+from service.errors import Forbidden, InvalidRequest, NotFound
+from service.protocols import Chunk, Principal
+from service.settings import Settings
+
+COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
+RRF_K = 60
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+Mode = Literal["dense", "bm25", "hybrid"]
+
+
+def tokenize(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def doc_id_of(uri: str) -> str:
+    return "doc_" + hashlib.sha256(uri.encode()).hexdigest()[:20]
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "name: reason"
+    chunks: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class _BM25Index:
+    def __init__(self, ids: list[str], texts: list[str]) -> None:
+        from rank_bm25 import BM25Okapi
+
+        self.ids = ids
+        self.bm25 = BM25Okapi([tokenize(t) or ["_"] for t in texts]) if ids else None
+
+    def top(self, query: str, n: int) -> list[tuple[str, float]]:
+        if self.bm25 is None:
+            return []
+        scores = self.bm25.get_scores(tokenize(query))
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:n]
+        return [(self.ids[i], float(scores[i])) for i in order if scores[i] > 0]
+
+
+class KnowledgeBase:
+    def __init__(self, client: Any, embedder: Embedder, chunk_size: int, chunk_overlap: int, max_query: int) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.chunk_size = chunk_size
+        self.chunk_overlap = chunk_overlap
+        self.max_query = max_query
+        self._write = threading.Lock()  # a single writer
+        self._bm25: dict[str, tuple[int, _BM25Index]] = {}
+        self._versions: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KnowledgeBase:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        if settings.rag.chroma_url:
+            from urllib.parse import urlparse
+
+            u = urlparse(settings.rag.chroma_url)
+            client = chromadb.HttpClient(
+                host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https", settings=chroma
+            )
+        else:
+            settings.chroma_path.mkdir(parents=True, exist_ok=True)
+            client = chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma)
+        return cls(
+            client,
+            Embedder.from_settings(settings),
+            settings.rag.chunk_size,
+            settings.rag.chunk_overlap,
+            settings.rag.max_query_chars,
+        )
+
+    # -- collections ----------------------------------------------------------------------------
+    @staticmethod
+    def check_collection(name: str) -> str:
+        if not COLLECTION_RE.match(name):
+            raise InvalidRequest(
+                f"invalid collection name {name!r}: 2-63 letters, digits, '_' or '-', starting with a letter or digit"
+            )
+        return name
+
+    def collection_names(self) -> set[str]:
+        return {c if isinstance(c, str) else c.name for c in self.client.list_collections()}
+
+    def _collection(self, name: str, create: bool = False) -> Any:
+        self.check_collection(name)
+        if create:
+            return self.client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"})
+        if name not in self.collection_names():
+            raise NotFound(f"unknown collection '{name}'")
+        return self.client.get_collection(name)
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(self.collection_names()):
+            docs = self.list_documents(name)
+            out.append({"name": name, "documents": len(docs), "chunks": sum(d["chunks"] for d in docs)})
+        return out
+
+    def delete_collection(self, name: str) -> None:
+        self._collection(name)
+        with self._write:
+            self.client.delete_collection(name)
+            self._changed(name)
+
+    def _changed(self, collection: str) -> None:
+        self._versions[collection] = self._versions.get(collection, 0) + 1
+
+    # -- documents ------------------------------------------------------------------------------
+    def list_documents(self, collection: str) -> list[dict[str, Any]]:
+        col = self._collection(collection)
+        metas = col.get(include=["metadatas"])["metadatas"] or []
+        docs: dict[str, dict[str, Any]] = {}
+        for m in metas:
+            d = docs.setdefault(
+                str(m["doc_id"]),
+                {
+                    "id": m["doc_id"],
+                    "title": m["title"],
+                    "uri": m["uri"],
+                    "content_hash": m["content_hash"],
+                    "kind": m.get("kind"),
+                    "chunks": 0,
+                },
+            )
+            d["chunks"] += 1
+        return sorted(docs.values(), key=lambda d: str(d["uri"]))
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any]:
+        col = self._collection(collection)
+        got = col.get(where={"doc_id": doc_id}, include=["metadatas", "documents"])
+        if not got["ids"]:
+            raise NotFound(f"unknown document '{doc_id}' in '{collection}'")
+        rows = sorted(zip(got["metadatas"], got["documents"], strict=True), key=lambda r: int(r[0]["chunk_index"]))
+        m = rows[0][0]
+        return {
+            "id": doc_id,
+            "title": m["title"],
+            "uri": m["uri"],
+            "content_hash": m["content_hash"],
+            "kind": m.get("kind"),
+            "chunks": len(rows),
+            "sections": sorted({str(r[0].get("section") or "") for r in rows} - {""}),
+        }
+
+    def delete_document(self, collection: str, doc_id: str) -> None:
+        col = self._collection(collection)
+        with self._write:
+            if not col.get(where={"doc_id": doc_id}, include=[])["ids"]:
+                raise NotFound(f"unknown document '{doc_id}' in '{collection}'")
+            col.delete(where={"doc_id": doc_id})
+            self._changed(collection)
+
+    def iter_chunks(self, collection: str) -> Iterable[dict[str, Any]]:
+        got = self._collection(collection).get(include=["metadatas", "documents"])
+        rows = sorted(
+            zip(got["ids"], got["metadatas"], got["documents"], strict=True),
+            key=lambda r: (str(r[1]["uri"]), int(r[1]["chunk_index"])),
+        )
+        for cid, m, text in rows:
+            yield {"id": cid, "text": text, "title": m["title"], "uri": m["uri"], "section": m.get("section") or ""}
+
+    # -- ingestion --------------------------------------------------------------------------------
+    def chunk(self, doc: Document) -> list[tuple[str, dict[str, Any]]]:
+        """Chunks that never cross a heading or a page, each with its section and page."""
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+        splitter = RecursiveCharacterTextSplitter(
+            chunk_size=self.chunk_size,
+            chunk_overlap=self.chunk_overlap,
+            separators=["\n\n", "\n", ". ", " ", ""],
+        )
+        out = []
+        for s in doc.sections:
+            for piece in splitter.split_text(s.text):
+                # The heading goes into the indexed text too: it is often the best match for a question.
+                text = f"{s.heading}\n{piece}" if s.heading and not piece.startswith(s.heading) else piece
+                out.append((text, {"section": s.heading, "page": s.page or 0}))
+        return out
+
+    def ingest_bytes(self, uri: str, data: bytes, collection: str, report: IngestReport | None = None) -> IngestReport:
+        report = report or IngestReport()
+        content_hash = hashlib.sha256(data).hexdigest()
+        doc_id = doc_id_of(uri)
+        col = self._collection(collection, create=True)
+        existing = col.get(where={"doc_id": doc_id}, include=["metadatas"], limit=1)
+        if existing["ids"] and existing["metadatas"][0]["content_hash"] == content_hash:
+            report.unchanged.append(uri)
+            return report
+        try:
+            doc = load(uri, data)
+        except LoadError as exc:
+            report.skipped.append(str(exc))
+            return report
+        pieces = self.chunk(doc)
+        embeddings = self.embedder.embed([t for t, _ in pieces])
+        metas = [
+            {
+                "doc_id": doc_id,
+                "uri": uri,
+                "title": doc.title,
+                "kind": doc.kind,
+                "content_hash": content_hash,
+                "chunk_index": i,
+                **meta,
+            }
+            for i, (_, meta) in enumerate(pieces)
+        ]
+        ids = [f"{doc_id}:{content_hash[:12]}:{i}" for i in range(len(pieces))]
+        with self._write:
+            # New chunks first, then the old version's: a crash in between leaves a document, never none.
+            col.upsert(ids=ids, documents=[t for t, _ in pieces], embeddings=embeddings, metadatas=metas)  # type: ignore[arg-type]
+            if existing["ids"]:
+                col.delete(where={"$and": [{"doc_id": doc_id}, {"content_hash": {"$ne": content_hash}}]})
+            self._changed(collection)
+        (report.updated if existing["ids"] else report.added).append(uri)
+        report.chunks += len(pieces)
+        return report
+
+    def ingest_paths(
+        self, paths: Iterable[Path], collection: str, progress: Callable[[str, int, int], None] | None = None
+    ) -> IngestReport:
+        """Files and folders (recursive). Files gone from an ingested folder are removed."""
+        self.check_collection(collection)
+        report = IngestReport()
+        files: list[Path] = []
+        roots: list[Path] = []
+        for p in paths:
+            p = p.resolve()
+            if p.is_dir():
+                roots.append(p)
+                files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            elif p.is_file():
+                files.append(p)
+            else:
+                report.skipped.append(f"{p}: no such file or folder")
+        for i, f in enumerate(files):
+            if progress:
+                progress(str(f), i, len(files))
+            if kind_of(f.name) is None:
+                report.skipped.append(f"{f}: unsupported file type '{f.suffix or '(none)'}'")
+                continue
+            try:
+                data = f.read_bytes()
+            except OSError as exc:
+                report.skipped.append(f"{f}: {exc.strerror}")
+                continue
+            self.ingest_bytes(str(f), data, collection, report)
+        if progress:
+            progress("", len(files), len(files))
+        if roots and collection in self.collection_names():
+            seen = {str(f) for f in files}
+            for d in self.list_documents(collection):
+                uri = str(d["uri"])
+                if uri not in seen and any(uri.startswith(str(r) + "/") for r in roots):
+                    self.delete_document(collection, str(d["id"]))
+                    report.removed.append(uri)
+        return report
+
+    # -- search ---------------------------------------------------------------------------------
+    def retriever(self) -> KnowledgeBase:
+        return self
+
+    def _bm25_for(self, collection: str, col: Any) -> _BM25Index:
+        version = self._versions.get(collection, 0)
+        count = col.count()
+        cached = self._bm25.get(collection)
+        if cached is None or cached[0] != hash((version, count)):
+            got = col.get(include=["documents"])
+            cached = (hash((version, count)), _BM25Index(list(got["ids"]), list(got["documents"])))
+            self._bm25[collection] = cached
+        return cached[1]
+
+    def search(
+        self, query: str, collection: str, principal: Principal, k: int = 4, mode: Mode = "hybrid"
+    ) -> list[Chunk]:
+        if not query or not query.strip():
+            raise InvalidRequest("the query is empty")
+        if len(query) > self.max_query:
+            raise InvalidRequest(f"the query is {len(query)} characters; the limit is {self.max_query}")
+        if not 1 <= k <= 100:
+            raise InvalidRequest("k must be between 1 and 100")
+        if not principal.may_read(collection):
+            raise Forbidden(f"you may not read collection '{collection}'")
+        col = self._collection(collection)
+        if col.count() == 0:
+            return []
+        depth = max(k * 4, 30)
+        qvec = self.embedder.embed([query])[0]
+        dense: list[str] = []
+        if mode in ("dense", "hybrid"):
+            res = col.query(query_embeddings=[qvec], n_results=min(depth, col.count()), include=[])
+            dense = list(res["ids"][0])
+        lexical: list[tuple[str, float]] = []
+        if mode in ("bm25", "hybrid"):
+            lexical = self._bm25_for(collection, col).top(query, depth)
+        fused: dict[str, float] = {}
+        for rank, cid in enumerate(dense):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
+        for rank, (cid, _) in enumerate(lexical):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
+        top = sorted(fused, key=lambda c: -fused[c])[:k]
+        if not top:
+            return []
+        got = col.get(ids=top, include=["documents", "metadatas", "embeddings"])
+        bm25 = dict(lexical)
+        by_id = {}
+        for cid, text, meta, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
+            cos = float(sum(a * b for a, b in zip(qvec, emb, strict=True)))
+            by_id[cid] = Chunk(
+                id=cid,
+                text=text,
+                title=str(meta["title"]),
+                uri=str(meta["uri"]),
+                score=round(fused[cid], 6),
+                metadata={
+                    "dense_score": round(cos, 4),
+                    "bm25_score": round(bm25.get(cid, 0.0), 4),
+                    "section": meta.get("section") or "",
+                    "page": meta.get("page") or None,
+                    "doc_id": meta["doc_id"],
+                },
+            )
+        return [by_id[c] for c in top]

@@ -1,0 +1,155 @@
+"""Files to sections of text: PDF (per page), HTML (main text under its headings), Markdown, plain text.
+
+A file that can't be read raises LoadError naming the file, so an ingest run reports it and goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED = {
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+}
+
+
+class LoadError(Exception):
+    pass
+
+
+@dataclass
+class Section:
+    text: str
+    heading: str = ""
+    page: int | None = None
+
+
+@dataclass
+class Document:
+    title: str
+    kind: str
+    sections: list[Section] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.sections)
+
+
+def kind_of(name: str) -> str | None:
+    return SUPPORTED.get(Path(name).suffix.lower())
+
+
+def load(name: str, data: bytes) -> Document:
+    kind = kind_of(name)
+    if kind is None:
+        raise LoadError(f"{name}: unsupported file type '{Path(name).suffix or '(none)'}'")
+    try:
+        if kind == "pdf":
+            doc = _pdf(name, data)
+        elif kind == "html":
+            doc = _html(name, _decode(name, data))
+        elif kind == "markdown":
+            doc = _markdown(name, _decode(name, data))
+        else:
+            text = _decode(name, data)
+            doc = Document(_first_line_title(text, name), "text", [Section(text.strip())])
+    except LoadError:
+        raise
+    except Exception as exc:  # a corrupt file of any kind: name it, never crash the run
+        raise LoadError(f"{name}: could not be read as {kind}: {type(exc).__name__}: {exc}") from exc
+    doc.sections = [s for s in doc.sections if s.text.strip()]
+    if not doc.sections:
+        raise LoadError(f"{name}: no text found")
+    return doc
+
+
+def _decode(name: str, data: bytes) -> str:
+    if b"\x00" in data[:4096]:
+        raise LoadError(f"{name}: binary data, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _first_line_title(text: str, name: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip().lstrip("#").strip()[:120]
+    return Path(name).stem
+
+
+def _pdf(name: str, data: bytes) -> Document:
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    sections = [Section(page.extract_text() or "", page=i + 1) for i, page in enumerate(reader.pages)]
+    meta_title = reader.metadata.title if reader.metadata and reader.metadata.title else None
+    title = meta_title or Path(name).stem.replace("_", " ").replace("-", " ")
+    return Document(str(title), "pdf", sections)
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def _markdown(name: str, text: str) -> Document:
+    title, sections = "", []
+    heading, buf = "", list[str]()
+    in_code = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        m = None if in_code else _HEADING.match(line)
+        if m:
+            if buf:
+                sections.append(Section("\n".join(buf).strip(), heading))
+            heading, buf = m.group(2), []
+            if not title and len(m.group(1)) == 1:
+                title = heading
+            continue
+        buf.append(line)
+    if buf:
+        sections.append(Section("\n".join(buf).strip(), heading))
+    return Document(title or Path(name).stem, "markdown", sections)
+
+
+_DROP = ["script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg", "iframe"]
+
+
+def _html(name: str, text: str) -> Document:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(_DROP):
+        tag.decompose()
+    for tag in soup.select('[role="navigation"], .sphinxsidebar, .related, .footer'):
+        tag.decompose()
+    root = soup.find("main") or soup.find(role="main") or soup.body or soup
+    sections: list[Section] = []
+    heading, buf = "", list[str]()
+    for el in root.find_all(["h1", "h2", "h3", "h4", "p", "li", "pre", "dt", "dd", "td", "blockquote"]):
+        if el.find_parent(["li", "dd", "td", "blockquote"]) and el.name in ("p", "pre"):
+            continue  # its parent item already carries this text
+        txt = el.get_text(" ", strip=True).replace("¶", "").strip()
+        if not txt:
+            continue
+        if el.name in ("h1", "h2", "h3", "h4"):
+            if buf:
+                sections.append(Section("\n".join(buf), heading))
+            heading, buf = txt, []
+            title = title or txt
+        else:
+            buf.append(txt)
+    if buf:
+        sections.append(Section("\n".join(buf), heading))
+    return Document(title or Path(name).stem, "html", sections)

@@ -1,0 +1,221 @@
+"""The knowledge base on real files, a real Chroma and the real MiniLM embedder; RAG over a real socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from ingest.kb import KnowledgeBase
+from ingest.loaders import LoadError, load
+from ingest.samples import ensure_samples
+from service.errors import Forbidden, InvalidRequest, NotFound
+from service.protocols import Principal
+from service.settings import Settings
+from tests.conftest import Server
+from tests.test_transports import ws_events
+
+ANYONE = Principal()
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A minimal valid PDF with one line of Helvetica text per page (xref offsets computed)."""
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", ""]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        page_no, content_no = len(objs) + 1, len(objs) + 2
+        kids.append(f"{page_no} 0 R")
+        objs.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content_no} 0 R "
+            f"/Resources << /Font << /F1 {len(pages) * 2 + 3} 0 R >> >> >>"
+        )
+        objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+    objs[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>"
+    objs.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out, offsets = b"%PDF-1.4\n", []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+HTML = """<html><head><title>Cafeteria menu</title><script>var secret = "tracking pixel";</script></head>
+<body><nav>Home | About | Navigation junk</nav><main><h1>Cafeteria menu</h1>
+<h2>Monday</h2><p>On Monday the cafeteria serves lentil soup with rye bread.</p>
+<h2>Friday</h2><p>On Friday the cafeteria serves grilled salmon with dill potatoes.</p></main>
+<footer>Copyright footer text</footer></body></html>"""
+
+MARKDOWN = """# Travel policy
+
+## Booking flights
+Employees book flights through the travel desk at least fourteen days ahead.
+
+## Hotels
+The nightly hotel limit is 180 euros in Berlin and 150 euros elsewhere.
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "sub").mkdir()
+    (d / "handbook.pdf").write_bytes(
+        make_pdf(
+            [
+                "The parking garage opens at six in the morning.",
+                "Visitors must register at the front desk on level two.",
+            ]
+        )
+    )
+    (d / "menu.html").write_text(HTML)
+    (d / "travel.md").write_text(MARKDOWN)
+    (d / "sub" / "wifi.txt").write_text("Guest wifi\nThe guest wifi password rotates every Monday at noon.")
+    (d / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    return d
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
+    s = Settings(data_dir=str(tmp_path_factory.mktemp("kb")))  # type: ignore[call-arg]
+    yield KnowledgeBase.from_settings(s)
+
+
+def test_loaders_keep_structure(corpus: Path) -> None:
+    pdf = load("handbook.pdf", (corpus / "handbook.pdf").read_bytes())
+    assert [s.page for s in pdf.sections] == [1, 2] and "parking garage" in pdf.sections[0].text
+    html = load("menu.html", HTML.encode())
+    assert html.title == "Cafeteria menu" and [s.heading for s in html.sections] == ["Monday", "Friday"]
+    assert "tracking" not in html.text and "Navigation junk" not in html.text and "footer" not in html.text
+    md = load("travel.md", MARKDOWN.encode())
+    assert md.title == "Travel policy" and [s.heading for s in md.sections] == ["Booking flights", "Hotels"]
+    with pytest.raises(LoadError, match="broken.pdf"):
+        load("broken.pdf", b"%PDF-1.4 nope")
+    with pytest.raises(LoadError, match="unsupported"):
+        load("x.png", b"\x89PNG")
+
+
+def test_ingest_every_format_and_search_finds_the_right_file(kb: KnowledgeBase, corpus: Path) -> None:
+    report = kb.ingest_paths([corpus], "tests")
+    assert len(report.added) == 4, report
+    assert any("broken.pdf" in s for s in report.skipped) and any("image.png" in s for s in report.skipped)
+    cases = {
+        "When does the parking garage open?": "handbook.pdf",
+        "What does the cafeteria serve on Friday?": "menu.html",
+        "What is the hotel limit in Berlin?": "travel.md",
+        "How often does the guest wifi password change?": "wifi.txt",
+    }
+    for query, expected in cases.items():
+        for mode in ("dense", "bm25", "hybrid"):
+            top = kb.search(query, "tests", ANYONE, 3, mode=mode)  # type: ignore[arg-type]
+            assert top and top[0].uri.endswith(expected), (mode, query, [c.uri for c in top])
+    hit = kb.search("hotel limit Berlin", "tests", ANYONE, 1)[0]
+    assert hit.metadata["section"] == "Hotels" and hit.metadata["dense_score"] > 0.3
+    page = kb.search("register visitors front desk", "tests", ANYONE, 1)[0]
+    assert page.metadata["page"] == 2
+
+
+def test_reingest_skips_updates_and_removes(kb: KnowledgeBase, tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\nAlpha facts about aardvarks.")
+    (tmp_path / "b.md").write_text("# B\nBravo facts about badgers.")
+    first = kb.ingest_paths([tmp_path], "reingest")
+    assert len(first.added) == 2
+    again = kb.ingest_paths([tmp_path], "reingest")
+    assert len(again.unchanged) == 2 and again.chunks == 0
+    (tmp_path / "a.md").write_text("# A\nAlpha facts about armadillos now.")
+    (tmp_path / "b.md").unlink()
+    third = kb.ingest_paths([tmp_path], "reingest")
+    assert [Path(u).name for u in third.updated] == ["a.md"] and [Path(u).name for u in third.removed] == ["b.md"]
+    docs = kb.list_documents("reingest")
+    assert len(docs) == 1 and docs[0]["chunks"] == 1
+    assert "armadillos" in kb.search("armadillo", "reingest", ANYONE, 1)[0].text
+    kb.delete_document("reingest", str(docs[0]["id"]))
+    assert kb.list_documents("reingest") == []
+
+
+def test_search_errors(kb: KnowledgeBase) -> None:
+    with pytest.raises(NotFound):
+        kb.search("anything", "no-such-collection", ANYONE, 3)
+    with pytest.raises(InvalidRequest, match="empty"):
+        kb.search("  ", "tests", ANYONE, 3)
+    with pytest.raises(InvalidRequest, match="limit"):
+        kb.search("x" * 5000, "tests", ANYONE, 3)
+    with pytest.raises(Forbidden):
+        kb.search("anything", "tests", Principal("bob", frozenset({"other"})), 3)
+    with pytest.raises(InvalidRequest, match="invalid collection"):
+        kb.ingest_bytes("x.md", b"# x\nhello", "bad name!")
+
+
+def test_samples_are_ingested_once(kb: KnowledgeBase) -> None:
+    report = ensure_samples(kb, "guide")
+    assert report is not None and len(report.added) >= 5
+    assert ensure_samples(kb, "guide") is None
+    top = kb.search("How do I ingest documents?", "guide", ANYONE, 1)[0]
+    assert top.uri.endswith("03-knowledge-base.md")
+
+
+@pytest.mark.slow
+def test_http_knowledge_base_and_rag_over_websocket(live_server: Server, corpus: Path) -> None:
+    files = [("files", (name, (corpus / name).read_bytes())) for name in ("travel.md", "menu.html", "broken.pdf")]
+    up = live_server.post("/v1/documents", files=files, data={"collection": "policies"})
+    assert up.status_code == 200, up.text
+    assert sorted(up.json()["added"]) == ["upload/menu.html", "upload/travel.md"]
+    assert any("broken.pdf" in s for s in up.json()["skipped"])
+    cols = {c["name"]: c for c in live_server.get("/v1/collections").json()["data"]}
+    assert cols["policies"]["documents"] == 2
+    docs = live_server.get("/v1/collections/policies/documents").json()["data"]
+    assert {d["uri"] for d in docs} == {"upload/menu.html", "upload/travel.md"}
+    found = live_server.post("/v1/search", json={"query": "hotel limit in Berlin", "collection": "policies", "k": 2})
+    assert found.json()["results"][0]["uri"] == "upload/travel.md"
+    assert live_server.post("/v1/search", json={"query": "x", "collection": "nope"}).status_code == 404
+    assert live_server.post("/v1/search", json={"query": "", "collection": "policies"}).status_code == 400
+    assert live_server.post("/v1/search", json={"query": "q" * 3000, "collection": "policies"}).status_code == 400
+
+    with connect(live_server.ws_url) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "message": "What is the nightly hotel limit in Berlin?",
+                    "collection": "policies",
+                    "max_tokens": 40,
+                }
+            )
+        )
+        events = ws_events(ws)
+    kinds = [e["type"] for e in events]
+    assert events[0]["type"] == "route" and events[0]["route"] == "rag", events[0]
+    assert kinds.index("sources") < kinds.index("token"), "sources go out before the first token"
+    sources = next(e for e in events if e["type"] == "sources")["sources"]
+    assert sources[0]["uri"] == "upload/travel.md" and "180" in sources[0]["snippet"]
+    assert events[-1]["type"] == "done"
+    conv = live_server.get(f"/v1/conversations/{events[-1]['conversation_id']}").json()
+    assert conv["messages"][1]["route"] == "rag" and conv["messages"][1]["sources"][0]["uri"] == "upload/travel.md"
+
+    # A question the documents can't answer, forced onto them: the answer says so instead of inventing.
+    with connect(live_server.ws_url) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "chat",
+                    "message": "Who won the 1954 football world cup?",
+                    "route": "rag",
+                    "collection": "policies",
+                }
+            )
+        )
+        events = ws_events(ws)
+    text = "".join(e["text"] for e in events if e["type"] == "token")
+    assert "could not find" in text and events[-1]["type"] == "done"
+
+    assert httpx.delete(f"{live_server.url}/v1/collections/policies/documents/{docs[0]['id']}").status_code == 204
+    assert len(live_server.get("/v1/collections/policies/documents").json()["data"]) == 1
