@@ -42,8 +42,8 @@ class ChunkRecord:
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
 _MARKUP = re.compile(r"(^#+\s*|^\s*[-*+]\s+|^\s*\d+\.\s+|\*\*|__|`|\[(?P<txt>[^\]]*)\]\([^)]*\))", re.M)
 _DEFINITION = re.compile(
-    r"^(?:The |An? )?(?P<subj>[A-Z`][\w`\-/ ]{1,40}?) (?P<verb>is|are|means|stores|keeps|runs|lets you|answers)"
-    r" (?P<rest>.{12,})$"
+    r"^(?:The |An? )?(?P<subj>(?!The |An? )[A-Z`][\w`\-/ ]{1,40}?)"
+    r" (?P<verb>is|are|means|stores|keeps|runs|lets you|answers) (?P<rest>.{12,})$"
 )
 
 
@@ -77,19 +77,27 @@ def generate_pairs(chunks: Iterable[ChunkRecord], eval_share: float = 0.2) -> li
             pairs[key] = QAPair(q, a, c.id, c.uri, c.title, kind, split_of(q, eval_share))
 
     for c in chunks:
-        sents = sentences(c.text)
+        text = c.text
+        if c.section and text.startswith(c.section + "\n"):  # the index puts the heading first
+            text = text[len(c.section) + 1 :]
+        sents = sentences(text)
         if not sents:
             continue
         section = clean(c.section).strip(" :") if c.section else ""
         if section and section.lower() != c.title.lower():
             answer = " ".join(sents[:2])
-            add(f"What does the {c.title} say about {section.lower()}?", answer, c, "heading")
-            add(f"Explain {section.lower()} in {c.title}.", answer, c, "heading")
+            topic = _ARTICLE.sub(lambda m: m.group(1).lower() + " ", section)
+            topic = topic if topic[:2].isupper() else topic[0].lower() + topic[1:]
+            add(f"What does the guide say about {topic}?", answer, c, "heading")
+            add(f"Explain {topic}.", answer, c, "heading")
         for i, s in enumerate(sents):
             m = _DEFINITION.match(s)
             if not m:
                 continue
             subj = m.group("subj").strip("` ")
+            words = subj.lower().split()
+            if _PRONOUNS.intersection(words) or words[0] in _PREPOSITIONS:
+                continue
             verb = m.group("verb")
             answer = " ".join(sents[i : i + 2])
             if verb in ("is", "are", "means"):
@@ -98,6 +106,10 @@ def generate_pairs(chunks: Iterable[ChunkRecord], eval_share: float = 0.2) -> li
                 add(f"What does {subj} do?", answer, c, "definition")
     return sorted(pairs.values(), key=lambda p: (p.source, p.chunk_id, p.question))
 
+
+_ARTICLE = re.compile(r"^(The|A|An) ")
+_PREPOSITIONS = {"on", "in", "at", "for", "when", "if", "with", "from", "by", "after", "before", "every"}
+_PRONOUNS = {"it", "this", "that", "they", "these", "those", "there", "he", "she", "we", "you", "which"}
 
 _QA = re.compile(r"Q:\s*(?P<q>.+?)\s*A:\s*(?P<a>.+)", re.S)
 

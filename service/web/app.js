@@ -1,0 +1,329 @@
+// Enclave's chat page: one WebSocket for answers, REST for conversations. No dependencies, no CDN.
+"use strict";
+
+(function () {
+  const $ = (sel) => document.querySelector(sel);
+  const els = {
+    messages: $("#messages"), input: $("#message-input"), send: $("#send-button"), stop: $("#stop-button"),
+    list: $("#conversation-list"), newChat: $("#new-chat"), title: $("#chat-title"), empty: $("#empty-state"),
+    route: $("#route-select"), adapter: $("#adapter-select"), collection: $("#collection-select"),
+    apiKey: $("#api-key"), conn: $("#connection"), form: $("#composer"),
+  };
+
+  // ---- Markdown, safely: escape everything first, then add a small set of tags we build ourselves.
+  function escapeHtml(s) {
+    return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  }
+  function inline(s) {
+    // s is already escaped; code spans are cut out first so nothing inside them is formatted.
+    const codes = [];
+    s = s.replace(/`([^`\n]+)`/g, (_, c) => { codes.push(c); return "\u0000" + (codes.length - 1) + "\u0000"; });
+    s = s.replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>")
+      .replace(/(^|[^*])\*([^*\n]+)\*/g, "$1<em>$2</em>")
+      .replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)"]+)\)/g,
+        '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>')
+      .replace(/\[(\d{1,2})\]/g, '<sup class="cite" data-n="$1">[$1]</sup>');
+    return s.replace(/\u0000(\d+)\u0000/g, (_, i) => "<code>" + codes[Number(i)] + "</code>");
+  }
+  function renderMarkdown(src) {
+    const lines = escapeHtml(String(src)).split("\n");
+    const out = [];
+    let i = 0;
+    while (i < lines.length) {
+      const line = lines[i];
+      if (/^```/.test(line)) {
+        const body = [];
+        i++;
+        while (i < lines.length && !/^```/.test(lines[i])) body.push(lines[i++]);
+        i++;
+        out.push("<pre><code>" + body.join("\n") + "</code></pre>");
+        continue;
+      }
+      const h = /^(#{1,4})\s+(.*)$/.exec(line);
+      if (h) { const n = h[1].length + 2; out.push(`<h${n}>${inline(h[2])}</h${n}>`); i++; continue; }
+      if (/^\s*([-*+]|\d+\.)\s+/.test(line)) {
+        const ordered = /^\s*\d+\./.test(line);
+        const items = [];
+        while (i < lines.length && /^\s*([-*+]|\d+\.)\s+/.test(lines[i])) {
+          items.push("<li>" + inline(lines[i].replace(/^\s*([-*+]|\d+\.)\s+/, "")) + "</li>");
+          i++;
+        }
+        out.push((ordered ? "<ol>" : "<ul>") + items.join("") + (ordered ? "</ol>" : "</ul>"));
+        continue;
+      }
+      if (!line.trim()) { i++; continue; }
+      const para = [];
+      while (i < lines.length && lines[i].trim() && !/^```|^#{1,4}\s|^\s*([-*+]|\d+\.)\s+/.test(lines[i])) {
+        para.push(inline(lines[i++]));
+      }
+      out.push("<p>" + para.join("<br>") + "</p>");
+    }
+    return out.join("");
+  }
+  window.enclaveRenderMarkdown = renderMarkdown;
+
+  // ---- REST
+  function headers() {
+    const key = localStorage.getItem("enclave.apiKey") || "";
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+  async function api(path, opts = {}) {
+    const res = await fetch(path, { ...opts, headers: { ...headers(), ...(opts.headers || {}) } });
+    if (!res.ok && res.status !== 204) throw new Error((await res.json().catch(() => ({}))).error?.message || res.statusText);
+    return res.status === 204 ? null : res.json();
+  }
+
+  // ---- State
+  let conversationId = null;
+  let ws = null;
+  let streaming = null; // {el, text, sources}
+  let backoff = 500;
+  let queued = null;
+
+  function setConnection(state, label) {
+    els.conn.dataset.state = state;
+    els.conn.querySelector(".label").textContent = label;
+  }
+
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    ws = new WebSocket(`${proto}//${location.host}/v1/chat/ws`);
+    setConnection("connecting", "connecting…");
+    ws.onopen = () => {
+      backoff = 500;
+      setConnection("open", "connected");
+      const key = localStorage.getItem("enclave.apiKey");
+      if (key) ws.send(JSON.stringify({ type: "auth", api_key: key }));
+      if (queued) { ws.send(JSON.stringify(queued)); queued = null; }
+    };
+    ws.onmessage = (m) => onEvent(JSON.parse(m.data));
+    ws.onclose = (e) => {
+      const why = e.code === 1013 ? "server busy, retrying…" : e.code === 1008 ? "not allowed: check the API key" : "reconnecting…";
+      setConnection("closed", why);
+      if (streaming) finishStream({ type: "error", code: "backend_unavailable", message: "connection lost" });
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    };
+  }
+
+  // ---- Rendering
+  function scrollDown() { els.messages.scrollTop = els.messages.scrollHeight; }
+
+  function addMessage(role, content, meta = {}) {
+    els.empty.hidden = true;
+    const wrap = document.createElement("article");
+    wrap.className = `message ${role}`;
+    const head = document.createElement("div");
+    head.className = "meta";
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Enclave";
+    head.appendChild(who);
+    wrap.appendChild(head);
+    const body = document.createElement("div");
+    body.className = "body";
+    if (role === "user") body.textContent = content; else body.innerHTML = renderMarkdown(content);
+    wrap.appendChild(body);
+    if (meta.route) setRoute(wrap, meta.route, meta.adapter, meta.reason);
+    if (meta.sources && meta.sources.length) setSources(wrap, meta.sources);
+    if (meta.status && meta.status !== "complete") setStatus(wrap, meta.status);
+    els.messages.appendChild(wrap);
+    scrollDown();
+    return wrap;
+  }
+
+  function setRoute(wrap, route, adapter, reason) {
+    const badge = document.createElement("span");
+    badge.className = `route-badge route-${route}`;
+    badge.textContent = route === "rag" ? "documents" : route === "adapter" ? `adapter: ${adapter}` : "base model";
+    if (reason) badge.title = reason;
+    badge.tabIndex = 0;
+    const why = document.createElement("span");
+    why.className = "route-reason";
+    why.textContent = reason || "";
+    const head = wrap.querySelector(".meta");
+    head.appendChild(badge);
+    head.appendChild(why);
+  }
+
+  function setSources(wrap, sources) {
+    const box = document.createElement("ol");
+    box.className = "sources";
+    sources.forEach((s) => {
+      const li = document.createElement("li");
+      const t = document.createElement("span");
+      t.className = "source-title";
+      t.textContent = s.title;
+      const u = document.createElement("span");
+      u.className = "source-uri";
+      u.textContent = s.uri;
+      const sn = document.createElement("div");
+      sn.className = "source-snippet";
+      sn.textContent = s.snippet;
+      li.append(t, " ", u, sn);
+      box.appendChild(li);
+    });
+    wrap.appendChild(box);
+  }
+
+  function setStatus(wrap, status, text) {
+    const tag = document.createElement("div");
+    tag.className = `status status-${status}`;
+    tag.textContent = text || ({ cancelled: "stopped", incomplete: "incomplete", error: "failed", blocked: "blocked by the content policy" }[status] || status);
+    wrap.appendChild(tag);
+  }
+
+  function onEvent(ev) {
+    if (ev.type === "pong" || ev.type === "auth") return;
+    if (!streaming) {
+      if (ev.type === "error") addMessage("assistant", "", { status: "error" }).querySelector(".status").textContent = ev.message;
+      return;
+    }
+    const wrap = streaming.el;
+    switch (ev.type) {
+      case "route": setRoute(wrap, ev.route, ev.adapter, ev.reason); break;
+      case "sources": streaming.sources = ev.sources; if (ev.sources.length) setSources(wrap, ev.sources); break;
+      case "token":
+        streaming.text += ev.text;
+        wrap.querySelector(".body").innerHTML = renderMarkdown(streaming.text);
+        scrollDown();
+        break;
+      case "moderation":
+        if (ev.action !== "allow") setStatus(wrap, ev.action === "block" ? "blocked" : "redacted",
+          `${ev.stage} ${ev.action === "block" ? "blocked" : "redacted"}: ${ev.categories.join(", ")}`);
+        break;
+      case "done": case "error": finishStream(ev); break;
+    }
+  }
+
+  function finishStream(ev) {
+    const wrap = streaming.el;
+    wrap.classList.remove("streaming");
+    if (ev.type === "done") {
+      if (ev.finish_reason === "cancelled") setStatus(wrap, "cancelled");
+      if (ev.finish_reason === "length") setStatus(wrap, "length", "cut at the length limit");
+      const isNew = conversationId !== ev.conversation_id;
+      conversationId = ev.conversation_id;
+      if (isNew) history.replaceState(null, "", "#" + conversationId);
+      wrap.dataset.messageId = ev.message_id;
+    } else {
+      setStatus(wrap, ev.code === "moderation_blocked" ? "blocked" : "error", ev.message);
+      if (ev.conversation_id) conversationId = ev.conversation_id;
+    }
+    streaming = null;
+    setBusy(false);
+    loadConversations();
+  }
+
+  function setBusy(busy) {
+    els.send.disabled = busy;
+    els.stop.hidden = !busy;
+    els.send.hidden = busy;
+  }
+
+  function sendMessage(text) {
+    text = text.trim();
+    if (!text || streaming) return;
+    addMessage("user", text);
+    const el = addMessage("assistant", "");
+    el.classList.add("streaming");
+    streaming = { el, text: "", sources: [] };
+    setBusy(true);
+    const frame = { type: "chat", message: text, route: els.route.value };
+    if (conversationId) frame.conversation_id = conversationId;
+    if (els.adapter.value) frame.adapter = els.adapter.value;
+    if (els.collection.value) frame.collection = els.collection.value;
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame)); else queued = frame;
+    if (!els.title.dataset.set) els.title.textContent = text.slice(0, 60);
+  }
+
+  // ---- Conversations
+  async function loadConversations() {
+    let data;
+    try { data = (await api("/v1/conversations")).data; } catch (e) { return; }
+    els.list.replaceChildren();
+    data.forEach((c) => {
+      const row = document.createElement("div");
+      row.className = "conversation" + (c.id === conversationId ? " active" : "");
+      row.dataset.id = c.id;
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "open";
+      open.textContent = c.title;
+      open.title = c.title;
+      open.onclick = () => openConversation(c.id);
+      const del = document.createElement("button");
+      del.type = "button";
+      del.className = "delete";
+      del.setAttribute("aria-label", "Delete conversation " + c.title);
+      del.textContent = "×";
+      del.onclick = async () => {
+        await api(`/v1/conversations/${encodeURIComponent(c.id)}`, { method: "DELETE" });
+        if (c.id === conversationId) newChat();
+        loadConversations();
+      };
+      row.append(open, del);
+      els.list.appendChild(row);
+    });
+  }
+
+  async function openConversation(id) {
+    if (streaming) return;
+    let conv;
+    try { conv = await api(`/v1/conversations/${encodeURIComponent(id)}`); } catch (e) { newChat(); return; }
+    conversationId = conv.id;
+    history.replaceState(null, "", "#" + conv.id);
+    els.messages.querySelectorAll(".message").forEach((m) => m.remove());
+    els.title.textContent = conv.title;
+    els.title.dataset.set = "1";
+    conv.messages.forEach((m) => addMessage(m.role, m.content, { ...m, reason: "" }));
+    if (!conv.messages.length) els.empty.hidden = false;
+    loadConversations();
+  }
+
+  function newChat() {
+    if (streaming) return;
+    conversationId = null;
+    history.replaceState(null, "", location.pathname);
+    els.messages.querySelectorAll(".message").forEach((m) => m.remove());
+    els.empty.hidden = false;
+    els.title.textContent = "New chat";
+    delete els.title.dataset.set;
+    loadConversations();
+    els.input.focus();
+  }
+
+  async function loadPickers() {
+    try {
+      const models = (await api("/v1/models")).data;
+      models.filter((m) => m.parent).forEach((m) => els.adapter.add(new Option(m.id, m.id)));
+    } catch (e) { /* the picker stays empty */ }
+    try {
+      const cols = (await api("/v1/collections")).data;
+      cols.forEach((c) => els.collection.add(new Option(`${c.name} (${c.documents})`, c.name)));
+    } catch (e) { /* no knowledge base: the picker stays at default */ }
+  }
+
+  // ---- Wiring
+  els.form.addEventListener("submit", (e) => { e.preventDefault(); sendMessage(els.input.value); els.input.value = ""; autosize(); });
+  els.input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); els.form.requestSubmit(); }
+  });
+  function autosize() { els.input.style.height = "auto"; els.input.style.height = Math.min(els.input.scrollHeight, 200) + "px"; }
+  els.input.addEventListener("input", autosize);
+  els.stop.addEventListener("click", () => { if (ws && streaming) ws.send(JSON.stringify({ type: "cancel" })); });
+  els.newChat.addEventListener("click", newChat);
+  document.querySelectorAll(".suggestion").forEach((b) => b.addEventListener("click", () => sendMessage(b.textContent)));
+  els.apiKey.value = localStorage.getItem("enclave.apiKey") || "";
+  els.apiKey.addEventListener("change", () => {
+    localStorage.setItem("enclave.apiKey", els.apiKey.value.trim());
+    if (ws) ws.close();
+    loadConversations();
+  });
+
+  connect();
+  loadPickers();
+  if (location.hash.length > 1) openConversation(decodeURIComponent(location.hash.slice(1))); else loadConversations();
+  els.input.focus();
+})();

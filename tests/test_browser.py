@@ -1,0 +1,82 @@
+"""The chat page in a real headless Chromium against a real server with the real model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-quic"]
+SHOTS = Path(os.environ.get("ENCLAVE_SCREENSHOTS", "/tmp"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_type_a_message_and_see_the_streamed_answer(browser: Any, live_server: Server) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server.url + "/")
+    page.wait_for_selector('#connection[data-state="open"]', timeout=15_000)
+    page.fill("#message-input", "Say hello to the team.")
+    page.press("#message-input", "Enter")
+    answer = page.locator(".message.assistant").last
+    # Tokens arrive while the answer is still streaming: the text grows before the stream ends.
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
+        " return m && m.querySelector('.body').textContent.trim().length > 0; }", timeout=120_000)
+    assert page.locator(".route-badge").count() == 1
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    text = answer.locator(".body").inner_text()
+    assert text.strip()
+    page.wait_for_selector("#conversation-list .conversation", timeout=10_000)
+    assert "Say hello to the team." in page.locator("#conversation-list").inner_text()
+    page.screenshot(path=str(SHOTS / "enclave-chat.png"))
+
+    # The conversation survives a reload: open it from the sidebar.
+    page.goto(live_server.url + "/")
+    page.locator("#conversation-list .conversation .open", has_text="Say hello to the team.").first.click()
+    page.wait_for_selector(".message.user")
+    assert page.locator(".message.user .body").first.inner_text() == "Say hello to the team."
+    assert page.locator(".message.assistant .body").first.inner_text().strip() == text.strip()
+    assert not errors, errors
+    page.close()
+
+
+def test_markdown_from_the_model_never_runs_html(browser: Any, live_server: Server) -> None:
+    page = browser.new_page()
+    page.goto(live_server.url + "/")
+    hostile = ('<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script> **bold** '
+               '[x](javascript:window.__pwned=1) `<b>code</b>`\n```\n<svg onload=alert(1)>\n```')
+    html = page.evaluate(
+        "(s) => { const d = document.createElement('div'); d.id = 'probe';"
+        " d.innerHTML = window.enclaveRenderMarkdown(s); document.body.appendChild(d); return d.innerHTML; }",
+        hostile,
+    )
+    assert "<strong>bold</strong>" in html
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.evaluate("() => document.querySelectorAll('#probe img, #probe script, #probe svg').length") == 0
+    hrefs = page.evaluate("() => [...document.querySelectorAll('#probe a')].map(a => a.href).join()")
+    assert "javascript:" not in hrefs
+    assert "&lt;b&gt;code&lt;/b&gt;" in html
+    page.close()
