@@ -42,7 +42,7 @@ class ChunkRecord:
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
 _MARKUP = re.compile(r"(^#+\s*|^\s*[-*+]\s+|^\s*\d+\.\s+|\*\*|__|`|\[(?P<txt>[^\]]*)\]\([^)]*\))", re.M)
 _DEFINITION = re.compile(
-    r"^(?:The |An? )?(?P<subj>(?!The |An? )[A-Z`][\w`\-/ ]{1,40}?)"
+    r"^(?:The |An? )?(?P<subj>(?!The |An? )[A-Za-z`][\w`\-/ ]{1,40}?)"
     r" (?P<verb>is|are|means|stores|keeps|runs|lets you|answers) (?P<rest>.{12,})$"
 )
 

@@ -49,6 +49,12 @@ class State:
         """Load the model and the knowledge base; /readyz turns true when both are up."""
         try:
             await self.backend.aload()
+            if self.settings.moderation.enabled:
+                from service.moderation import build_moderator
+
+                self.pipeline.moderator = await asyncio.to_thread(
+                    build_moderator, self.settings.moderation, self.backend
+                )
             await self._open_registry()
             self.kb = await asyncio.to_thread(self._open_kb)
             if self.kb is not None:

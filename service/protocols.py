@@ -87,7 +87,7 @@ class Verdict:
 
 
 class Moderator(Protocol):
-    def check(self, text: str, stage: Literal["input", "output"]) -> Verdict: ...
+    def check(self, text: str, stage: Literal["input", "output", "context"]) -> Verdict: ...
 
 
 @dataclass

@@ -84,9 +84,34 @@ class RouterSettings(BaseModel):
     )
 
 
+Policy = Literal["allow", "redact", "block"]
+DEFAULT_POLICIES: dict[str, Policy] = {
+    "violence_weapons": "block",
+    "sexual": "block",
+    "hate_harassment": "block",
+    "self_harm": "block",
+    "illegal_activity": "block",
+    "prompt_injection": "block",
+    "personal_data": "redact",
+}
+
+
 class ModerationSettings(BaseModel):
     enabled: bool = Field(True, description="Moderate input and streamed output.")
+    check_input: bool = Field(True, description="Moderate the user's message before anything else runs.")
+    check_output: bool = Field(True, description="Moderate the streamed answer through the hold-back window.")
     holdback_tokens: int = Field(8, description="Tokens held back from the client until moderation has passed them.")
+    policies: dict[str, Policy] = Field(
+        default_factory=lambda: dict(DEFAULT_POLICIES),
+        description="What to do per category: allow, redact (personal data only) or block.",
+    )
+    input_threshold: float = Field(0.5, description="Classifier probability at which an input is flagged.")
+    output_threshold: float = Field(
+        0.7, description="Classifier probability at which generated text is flagged (stricter: answers are longer)."
+    )
+    guard_model: str | None = Field(
+        None, description="A Llama-Guard-style model or adapter served by the configured backend; off when unset."
+    )
 
 
 class AdapterSettings(BaseModel):

@@ -15,8 +15,16 @@ from tests.conftest import Server
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 SHOTS = Path(os.environ.get("ENCLAVE_SCREENSHOTS", "/tmp"))
 
 
@@ -44,7 +52,9 @@ def test_type_a_message_and_see_the_streamed_answer(browser: Any, live_server: S
     # Tokens arrive while the answer is still streaming: the text grows before the stream ends.
     page.wait_for_function(
         "() => { const m = [...document.querySelectorAll('.message.assistant')].pop();"
-        " return m && m.querySelector('.body').textContent.trim().length > 0; }", timeout=120_000)
+        " return m && m.querySelector('.body').textContent.trim().length > 0; }",
+        timeout=120_000,
+    )
     assert page.locator(".route-badge").count() == 1
     page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
     text = answer.locator(".body").inner_text()
@@ -66,8 +76,10 @@ def test_type_a_message_and_see_the_streamed_answer(browser: Any, live_server: S
 def test_markdown_from_the_model_never_runs_html(browser: Any, live_server: Server) -> None:
     page = browser.new_page()
     page.goto(live_server.url + "/")
-    hostile = ('<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script> **bold** '
-               '[x](javascript:window.__pwned=1) `<b>code</b>`\n```\n<svg onload=alert(1)>\n```')
+    hostile = (
+        '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script> **bold** '
+        "[x](javascript:window.__pwned=1) `<b>code</b>`\n```\n<svg onload=alert(1)>\n```"
+    )
     html = page.evaluate(
         "(s) => { const d = document.createElement('div'); d.id = 'probe';"
         " d.innerHTML = window.enclaveRenderMarkdown(s); document.body.appendChild(d); return d.innerHTML; }",

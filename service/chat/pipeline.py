@@ -36,6 +36,7 @@ from service.events import (
 )
 from service.metrics import Metrics
 from service.protocols import (
+    Chunk,
     Generation,
     GenerationBackend,
     GenerationParams,
@@ -144,30 +145,31 @@ class ChatPipeline:
         self, req: ChatRequest, principal: Principal, cancel: asyncio.Event, turn: _Turn
     ) -> AsyncIterator[Event]:
         started = time.perf_counter()
-        # 1. The conversation, and history the model may see.
+        # 1. Input moderation, before anything else sees the text (or stores personal data).
+        message = req.message
+        verdict = None
+        if self.moderator is not None and self.settings.moderation.enabled and self.settings.moderation.check_input:
+            verdict = self.moderator.check(message, "input")
+            if verdict.action == "redact" and verdict.redacted is not None:
+                message = verdict.redacted
+        blocked = verdict is not None and verdict.action == "block"
+
+        # 2. The conversation, the user's turn, and history the model may see.
         if req.conversation_id:
             conv = await asyncio.to_thread(self.store.get_conversation, req.conversation_id)
             if conv is None or conv.get("principal") not in (principal.name, None):
                 raise NotFound(f"unknown conversation '{req.conversation_id}'")
             turn.conversation_id = req.conversation_id
         else:
-            title = " ".join(req.message.split())[:60]
+            title = "Blocked message" if blocked else " ".join(message.split())[:60]
             turn.conversation_id = await asyncio.to_thread(self.store.create_conversation, title, principal.name)
         history = req.history if req.history is not None else await self._history(turn.conversation_id)
-        turn.user_id = await asyncio.to_thread(self.store.add_message, turn.conversation_id, "user", req.message)
-
-        # 2. Input moderation, before anything else sees the text.
-        message = req.message
-        if self.moderator is not None and self.settings.moderation.enabled:
-            verdict = self.moderator.check(message, "input")
-            if verdict.action != "allow":
-                yield ModerationEvent(stage="input", action=verdict.action, categories=verdict.categories)
-            if verdict.action == "block":
+        turn.user_id = await asyncio.to_thread(self.store.add_message, turn.conversation_id, "user", message)
+        if verdict is not None and verdict.action != "allow":
+            yield ModerationEvent(stage="input", action=verdict.action, categories=verdict.categories)
+            if blocked:
                 turn.moderation = {"stage": "input", "action": "block", "categories": verdict.categories}
                 raise ModerationBlocked("the message was blocked by the content policy")
-            if verdict.action == "redact" and verdict.redacted is not None:
-                message = verdict.redacted
-                await asyncio.to_thread(self.store.update_message, turn.user_id, content=message)
 
         # 3. Route.
         signals = await self._signals(req, message, history, principal)
@@ -193,6 +195,7 @@ class ChatPipeline:
                 for c in signals.chunks
                 if float(c.metadata.get("dense_score", c.score)) >= self.settings.rag.score_threshold
             ][: self.settings.rag.top_k]
+            relevant = self._without_injections(relevant)
             turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
             yield SourcesEvent(sources=rag.sources_of(relevant))
             if not relevant:
@@ -214,8 +217,9 @@ class ChatPipeline:
 
         # 5. Generate, through the output gate.
         result = Generation()
+        mod = self.settings.moderation
         gate = OutputGate(
-            self.moderator if self.settings.moderation.enabled else None,
+            self.moderator if mod.enabled and mod.check_output else None,
             self.settings.moderation.holdback_tokens,
         )
         stream = self.backend.stream(messages, params, adapter=route.adapter, result=result)
@@ -261,6 +265,19 @@ class ChatPipeline:
             self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
         self.metrics.completion_tokens.inc(result.completion_tokens)
         yield await self._finish(turn, result)
+
+    def _without_injections(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Retrieved passages carrying instructions aimed at the model never reach the prompt."""
+        if self.moderator is None or not self.settings.moderation.enabled:
+            return chunks
+        kept = []
+        for c in chunks:
+            verdict = self.moderator.check(c.text, "context")
+            if verdict.action == "block" and "prompt_injection" in verdict.categories:
+                log.warning("dropped retrieved chunk %s: injected instructions", c.id)
+                continue
+            kept.append(c)
+        return kept
 
     async def _history(self, conversation_id: str) -> list[Message]:
         rows = await asyncio.to_thread(self.store.history, conversation_id)

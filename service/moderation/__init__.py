@@ -1,0 +1,18 @@
+"""Moderation: fast offline classifiers for input, retrieved context and streamed output; an optional
+guard model served on-prem. `build_moderator(settings)` is the one place that chooses.
+"""
+
+from __future__ import annotations
+
+from service.moderation.moderator import CompositeModerator, FastModerator, GuardModelModerator
+from service.protocols import GenerationBackend, Moderator
+from service.settings import ModerationSettings
+
+__all__ = ["CompositeModerator", "FastModerator", "GuardModelModerator", "build_moderator"]
+
+
+def build_moderator(settings: ModerationSettings, backend: GenerationBackend | None = None) -> Moderator:
+    fast = FastModerator(settings)
+    if settings.guard_model and backend is not None:
+        return CompositeModerator(fast, GuardModelModerator(backend, settings.guard_model))
+    return fast
