@@ -39,9 +39,8 @@ def _fail(exc: EnclaveError) -> typer.Exit:
 
 
 def chunk_records(settings: Settings, collection: str) -> list[Any]:
-    from ingest.kb import KnowledgeBase
-
     from adapters.dataset import ChunkRecord
+    from ingest.kb import KnowledgeBase
 
     kb = KnowledgeBase.from_settings(settings)
     return [
@@ -123,10 +122,9 @@ def eval_cmd(
     max_tokens: int = typer.Option(64, min=8, help="Answer length per backend."),
 ) -> None:
     """Base vs adapter vs RAG on the held-out pairs: scores, histograms and a report."""
+    from adapters.evaluate import evaluate
     from ingest.embedder import Embedder
     from ingest.kb import KnowledgeBase
-
-    from adapters.evaluate import evaluate
 
     settings = _settings()
     kb = KnowledgeBase.from_settings(settings)
