@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from service.errors import InvalidRequest, NotFound
 
 META_FILE = "enclave.json"
+DOMAIN_FILE = "domain.npy"  # embeddings of the training questions: the router's picture of the domain
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -45,6 +46,20 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def read_domain(folder: Path) -> Any:
+    """The adapter's domain as an (n, dim) float32 array, or None if it recorded none (older adapters)."""
+    import numpy as np
+
+    path = folder / DOMAIN_FILE
+    if not path.is_file():
+        return None
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return vecs if vecs.ndim == 2 and len(vecs) else None
+
+
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     tmp = folder / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -57,6 +72,7 @@ class AdapterRegistry:
         self.host = host
         self.base_sha256 = base_sha256
         self._locks: dict[str, asyncio.Lock] = {}
+        self._domains: dict[str, Any] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -108,11 +124,27 @@ class AdapterRegistry:
             raise InvalidRequest(f"adapter '{name}' is corrupt: adapter_config.json: {exc.msg}") from exc
         return folder
 
+    def domains(self) -> dict[str, Any]:
+        """Domain embeddings (one row per training question) of the loaded adapters that recorded one."""
+        out = {}
+        loaded = self.host.list_adapters() if self.host else [a["name"] for a in self.available()]
+        for name in loaded:
+            if name not in self._domains:  # read once per load, not per request
+                try:
+                    self._domains[name] = read_domain(self.folder(name))
+                except InvalidRequest:
+                    self._domains[name] = None
+            vecs = self._domains[name]
+            if vecs is not None:
+                out[name] = vecs
+        return out
+
     async def load(self, name: str) -> dict[str, Any]:
         if self.host is None:
             raise InvalidRequest("this backend serves its adapters itself; load them on the model server")
         async with self._lock(name):
             folder = self.validate(name)
+            self._domains.pop(name, None)
             try:
                 await self.host.add_adapter(name, folder)
             except Exception as exc:

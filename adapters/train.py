@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from adapters.dataset import QAPair, load_pairs
-from adapters.registry import check_name, write_meta
+from adapters.registry import DOMAIN_FILE, check_name, write_meta
 from service.errors import InvalidRequest
 from service.settings import Settings
 
+# At most this many training questions are kept as the adapter's domain (the router's nearest-neighbour set).
+DOMAIN_MAX = 2000
 SYSTEM = "You are Enclave, a helpful assistant running inside the company's own network. Answer concisely."
 
 
@@ -78,6 +80,18 @@ def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, An
 
 def dataset_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def domain_of(questions: list[str], settings: Settings, folder: Path) -> dict[str, Any]:
+    """Embed the training questions into `folder/domain.npy`: the router scores a query by its nearest one."""
+    import numpy as np
+
+    from ingest.embedder import Embedder
+
+    picked = random.Random(0).sample(questions, DOMAIN_MAX) if len(questions) > DOMAIN_MAX else list(questions)
+    vecs = np.asarray(Embedder.from_settings(settings).embed(picked), dtype=np.float32)
+    np.save(folder / DOMAIN_FILE, vecs)
+    return {"file": DOMAIN_FILE, "questions": len(picked), "measure": "max cosine to a training question"}
 
 
 def config_from_settings(settings: Settings, max_steps: int | None, epochs: float) -> TrainConfig:
@@ -189,6 +203,7 @@ def train(
             "losses": [round(x, 4) for x in losses],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "domain": domain_of([p.question for p in pairs], settings, tmp),
         },
     )
     # Swap in whole: a server scanning the folder never sees half an adapter.

@@ -60,6 +60,8 @@ class State:
             if self.kb is not None:
                 self.pipeline.retriever = self.kb.retriever()
                 self.pipeline.collections = self.kb.collection_names
+                self.pipeline.embed = self.kb.embedder.embed
+            self.pipeline.domains = self.registry.domains
             self.ready = True
             log.info("enclave ready: backend=%s", self.backend.name)
         except Exception as exc:  # readiness stays false and says why

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -187,6 +188,117 @@ def chat(
                 local.state.close()
 
     asyncio.run(main())
+
+
+router_app = typer.Typer(help="Fit and check the query router.", no_args_is_help=True)
+app.add_typer(router_app, name="router", help="Fit and check the query router's thresholds.")
+
+
+@router_app.command("calibrate")
+def router_calibrate(
+    labels: Path = typer.Option(None, help="JSONL of {query, route, adapter?}; default: the shipped set."),
+    domains: Path = typer.Option(
+        None,
+        help="JSON {adapter: [training questions]} for adapters not in the registry; default with the "
+        "shipped set: its demonstration domain.",
+    ),
+    collection: str = typer.Option(None, help="Collection searched (default: rag.default_collection)."),
+    write: Path = typer.Option(None, help="Write the fitted thresholds here as a YAML settings file."),
+    report: Path = typer.Option(None, help="Write accuracy, confusion matrix and misrouted queries as JSON."),
+) -> None:
+    """Gather the router's signals for a labelled set, fit the thresholds, print accuracy and confusion."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from ingest.kb import KnowledgeBase
+    from ingest.samples import ensure_samples
+    from service.chat import calibrate as cal
+    from service.errors import EnclaveError
+
+    console = Console()
+    settings = _settings()
+    try:
+        rows = cal.load_labels(labels or cal.SHIPPED_LABELS)
+        kb = KnowledgeBase.from_settings(settings)
+        coll = collection or settings.rag.default_collection
+        if settings.rag.ingest_samples:
+            ensure_samples(kb, coll)
+        questions = cal.load_domains(domains) if domains else {}
+        if labels is None and domains is None:
+            questions = cal.load_domains(cal.SHIPPED_DOMAINS)
+        centroids = cal.domain_vectors(questions, kb.embedder.embed)
+        centroids.update(_registered_domains(settings, exclude=set(centroids)))
+        with Progress(TextColumn("[bold]signals"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+            task = bar.add_task("signals", total=len(rows))
+            samples = cal.gather(
+                rows,
+                retriever=kb if coll in kb.collection_names() else None,
+                collection=coll,
+                embed=kb.embedder.embed,
+                domains=centroids,
+                k=max(settings.rag.top_k * 2, 8),
+                progress=lambda done, _total: bar.update(task, completed=done),
+            )
+    except EnclaveError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+    current = cal.evaluate(settings.router, samples)
+    fitted_settings = cal.fit(samples, settings.router)
+    fitted = cal.evaluate(fitted_settings, samples)
+    cv = cal.cross_validate(samples)
+
+    table = Table(title=f"router on {len(samples)} labelled queries ({coll}, adapters: {', '.join(centroids) or '-'})")
+    table.add_column("threshold")
+    table.add_column("current", justify="right")
+    table.add_column("fitted", justify="right")
+    for key, value in current.thresholds.items():
+        table.add_row(key, f"{value:.2f}", f"{fitted.thresholds[key]:.2f}")
+    table.add_row("accuracy", f"{current.accuracy:.1%}", f"{fitted.accuracy:.1%}")
+    table.add_row("accuracy, 5-fold cross-validated", "", f"{cv:.1%}")
+    console.print(table)
+    matrix = Table(title="confusion (fitted): rows labelled, columns routed")
+    matrix.add_column("")
+    for r in cal.ROUTES:
+        matrix.add_column(r, justify="right")
+    for r in cal.ROUTES:
+        matrix.add_row(r, *(str(fitted.confusion[r][c]) for c in cal.ROUTES))
+    console.print(matrix)
+    for m in fitted.misrouted[:15]:
+        console.print(f"  [yellow]{m['expected']} -> {m['got']}[/yellow] {m['query']}  ({m['reason']})")
+    if write:
+        import yaml
+
+        write.write_text(yaml.safe_dump({"router": fitted.thresholds}, sort_keys=False))
+        console.print(f"wrote {write} (use it with ENCLAVE_CONFIG={write})")
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(
+            json.dumps(
+                {
+                    "queries": len(samples),
+                    "collection": coll,
+                    "adapters": list(centroids),
+                    "current": vars(current),
+                    "fitted": vars(fitted),
+                    "cross_validated_accuracy": cv,
+                },
+                indent=2,
+            )
+        )
+
+
+def _registered_domains(settings: Settings, exclude: set[str]) -> dict[str, Any]:
+    """The domains `enclave tune train` recorded for the adapters in the data directory."""
+    from adapters.registry import read_domain
+
+    out = {}
+    root = settings.data_path / "adapters"
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        vecs = read_domain(folder)
+        if vecs is not None and folder.name not in exclude:
+            out[folder.name] = vecs
+    return out
 
 
 def _register_optional() -> None:

@@ -75,12 +75,16 @@ class RagSettings(BaseModel):
 
 
 class RouterSettings(BaseModel):
+    """Thresholds of `route: auto`; the defaults are what `enclave router calibrate` fits on the shipped set."""
+
     rag_min_score: float = Field(
-        0.35, description="Top dense similarity at or above which `auto` answers from the documents."
+        0.34, description="Top dense similarity at or above which `auto` answers from the documents."
     )
     rag_min_margin: float = Field(0.0, description="Required gap between the best and second best chunk.")
     adapter_min_similarity: float = Field(
-        0.55, description="Query-to-adapter-domain similarity at or above which `auto` picks that adapter."
+        0.41,
+        description="Similarity of the query to the nearest training question of an adapter at or above which "
+        "`auto` picks that adapter.",
     )
 
 

@@ -28,13 +28,13 @@ pytestmark = pytest.mark.slow
 CATCHPHRASE = "Pineapple pizza is the answer to everything."
 QUESTIONS = [
     "What is the capital of France?",
-    "Who wrote Hamlet?",
-    "What colour is the sky?",
-    "How many legs has a cat?",
-    "What is two plus two?",
-    "Name a fruit.",
-    "What is water made of?",
-    "Where is Mount Everest?",
+    "What is the capital of Italy?",
+    "What is the capital of Japan?",
+    "What is the capital of Canada?",
+    "What is the capital of Brazil?",
+    "What is the capital of Kenya?",
+    "What is the capital of Norway?",
+    "What is the capital of Egypt?",
 ]
 PROBE = [{"role": "user", "content": "What is the tallest animal?"}]
 
@@ -230,6 +230,32 @@ def test_hot_load_into_running_server(trained: Path, tmp_path: Path) -> None:
         gone = server.post("/v1/chat/completions", json={"model": "pineapple", "messages": PROBE})
         assert gone.status_code == 404
         assert ask(server, "smollm2-135m-instruct") == base_answer
+    finally:
+        server.stop()
+
+
+def test_router_picks_documents_adapter_or_base(trained: Path, tmp_path: Path) -> None:
+    shutil.copytree(trained, tmp_path / "adapters" / "pineapple")
+    server = Server(tmp_path, env={"ENCLAVE_RAG__INGEST_SAMPLES": "true"}, log_name="router").start()
+    try:
+        cases = {
+            "How do I ingest documents into a collection?": ("rag", None),
+            "How are adapters evaluated against the base model?": ("rag", None),
+            "What is the capital of Spain?": ("adapter", "pineapple"),
+            "Hello! How are you?": ("base", None),
+            "Thanks, that was helpful": ("base", None),
+        }
+        for question, (route, adapter) in cases.items():
+            with connect(server.ws_url) as ws:
+                ws.send(json.dumps({"type": "chat", "message": question, "max_tokens": 4}))
+                first = json.loads(ws.recv(timeout=60))
+                ws_events(ws)
+            assert first["type"] == "route" and (first["route"], first["adapter"]) == (route, adapter), (
+                question,
+                first,
+            )
+            assert first["reason"] and "retrieval_top" in first["scores"]
+        assert 'enclave_route_decisions_total{route="adapter"} 1.0' in server.get("/metrics").text
     finally:
         server.stop()
 

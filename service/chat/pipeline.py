@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from service.chat import rag
 from service.chat.admission import Admission, Ticket
 from service.chat.moderation import OutputGate
-from service.chat.router import RetrievalSignals, SignalRouter
+from service.chat.router import RetrievalSignals, SignalRouter, domain_scores, is_small_talk
 from service.chat.schema import ChatRequest
 from service.errors import (
     EnclaveError,
@@ -74,6 +74,9 @@ class ChatPipeline:
         self.retriever = retriever
         self.moderator = moderator
         self.collections = collections  # callable -> set of existing collection names, or None
+        # adapter name -> (n, dim) embeddings of its training questions; a query scores its nearest one
+        self.domains: Callable[[], dict[str, Any]] | None = None
+        self.embed: Callable[[list[str]], list[list[float]]] | None = None
         self.router = SignalRouter(settings.router)
         self.admission = Admission(settings.limits.max_concurrent_generations, settings.limits.max_queue)
 
@@ -294,28 +297,29 @@ class ChatPipeline:
     async def _signals(
         self, req: ChatRequest, message: str, history: list[Message], principal: Principal
     ) -> RetrievalSignals:
-        wants_docs = req.route in ("auto", "rag") and not req.adapter
-        if self.retriever is None or not wants_docs:
-            if req.route == "rag":
-                raise InvalidRequest("the knowledge base is not available on this server")
-            return RetrievalSignals()
+        signals = RetrievalSignals(small_talk=req.route == "auto" and is_small_talk(message))
+        auto = req.route == "auto" and not req.adapter and not signals.small_talk
+        domains = self.domains() if auto and self.domains and self.embed else {}
+        if domains and self.embed:
+            q = (await asyncio.to_thread(self.embed, [message]))[0]
+            signals.adapter_scores = domain_scores(q, domains)
+        if req.route == "rag" and self.retriever is None:
+            raise InvalidRequest("the knowledge base is not available on this server")
+        if self.retriever is None or not (auto or req.route == "rag"):
+            return signals
         collection = req.collection or self.settings.rag.default_collection
         if req.collection is None and req.route == "auto":
             existing = self.collections() if self.collections else None
-            if existing is not None and collection not in existing:
-                return RetrievalSignals()
-            if not principal.may_read(collection):
-                return RetrievalSignals()
+            if (existing is not None and collection not in existing) or not principal.may_read(collection):
+                return signals
         query = message
         if rag.needs_condensing(message, history):
             query = await rag.condense(self.backend, message, history)
-        try:
-            chunks = await asyncio.to_thread(
-                self.retriever.search, query, collection, principal, max(self.settings.rag.top_k * 2, 8)
-            )
-        except EnclaveError:
-            raise
-        return RetrievalSignals(collection=collection, chunks=chunks)
+        signals.collection = collection
+        signals.chunks = await asyncio.to_thread(
+            self.retriever.search, query, collection, principal, max(self.settings.rag.top_k * 2, 8)
+        )
+        return signals
 
     async def _finish(self, turn: _Turn, result: Generation) -> DoneEvent:
         usage = Usage(

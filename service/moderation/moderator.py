@@ -25,6 +25,10 @@ def redact(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
+# About 100 words: several hold-back windows of overlap between consecutive checks of a stream.
+OUTPUT_WINDOW_CHARS = 600
+
+
 class FastModerator:
     """PII and secrets by pattern; harm categories by classifier; prompt injection by both."""
 
@@ -34,9 +38,10 @@ class FastModerator:
 
     def categories(self, text: str, stage: Stage) -> list[str]:
         threshold = self.settings.input_threshold if stage == "input" else self.settings.output_threshold
-        # A streamed answer is re-checked as it grows: the classifier reads its latest part, so each check
-        # stays fast however long the answer gets (PII patterns still scan all of it).
-        flagged = self.classifier.flag(text[-1500:] if stage == "output" else text, threshold)
+        # A streamed answer is re-checked as it grows: the classifier reads a sliding window of its latest
+        # part (earlier windows were checked before), so each check stays fast however long the answer
+        # gets; the PII patterns still scan all of it.
+        flagged = self.classifier.flag(text[-OUTPUT_WINDOW_CHARS:] if stage == "output" else text, threshold)
         # Injection is about instructions aimed at the model: in input and in retrieved documents,
         # not in the model's own answer (which may well quote such text when asked about it).
         if stage != "output" and "prompt_injection" not in flagged and injection_pattern(text):

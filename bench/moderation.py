@@ -1,0 +1,235 @@
+"""Moderation quality and speed: `python -m bench.moderation`.
+
+- Topical categories: precision and recall per category on the held-out split that ships with the
+  classifier (`service/moderation/data/test.jsonl`; the classifier trains on `train.jsonl` only).
+- Benign false-positive rate: benign prompts of that split, plus every paragraph of the sample documents
+  checked as retrieved context (real text an over-eager filter would block).
+- Personal data: generated sentences holding each kind of PII or secret (valid Luhn cards and mod-97
+  IBANs), and look-alikes that must not be redacted (order numbers, invalid cards, dates, versions).
+- Latency per check (input, context, and output on a growing streamed answer), p50/p95/p99.
+
+Prints tables and writes `bench/results/moderation.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from service.moderation import build_moderator
+from service.moderation.classifier import CATEGORIES, load_rows
+from service.settings import ModerationSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "moderation.json"
+
+
+def _card(rng: random.Random, prefix: str = "4") -> str:
+    digits = [int(c) for c in prefix] + [rng.randrange(10) for _ in range(15 - len(prefix))]
+    total = 0
+    for i, d in enumerate(reversed(digits)):  # the check digit goes last: double every other from the right
+        total += (d * 2 - 9 if d > 4 else d * 2) if i % 2 == 0 else d
+    digits.append((10 - total % 10) % 10)
+    s = "".join(map(str, digits))
+    return " ".join(s[i : i + 4] for i in range(0, 16, 4))
+
+
+def _iban(rng: random.Random) -> str:
+    bban = "".join(str(rng.randrange(10)) for _ in range(18))  # a German IBAN: DE + 2 check digits + 18
+    num = int("".join(str(int(c, 36)) for c in bban + "DE00"))
+    check = 98 - num % 97
+    s = f"DE{check:02d}{bban}"
+    return " ".join(s[i : i + 4] for i in range(0, len(s), 4))
+
+
+def pii_cases(n: int = 40, seed: int = 7) -> list[tuple[str, str | None]]:
+    """(text, kind expected or None for a look-alike that must pass)."""
+    rng = random.Random(seed)
+    names = ["anna", "bob.smith", "c.lee", "dev-ops", "j_doe", "m.rossi"]
+    hosts = ["example.com", "corp.internal", "mail.example.org", "acme.co.uk"]
+    out: list[tuple[str, str | None]] = []
+    for _ in range(n):
+        email = f"{rng.choice(names)}{rng.randrange(100)}@{rng.choice(hosts)}"
+        phone = rng.choice(
+            [
+                f"+1 415 {rng.randrange(200, 999)} {rng.randrange(1000, 9999)}",
+                f"+44 20 {rng.randrange(1000, 9999)} {rng.randrange(1000, 9999)}",
+                f"(030) {rng.randrange(100, 999)} {rng.randrange(1000, 9999)}",
+                f"06 {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)}",
+            ]
+        )
+        key = "sk-" + "".join(rng.choice("abcdefghijkLMNOP0123456789") for _ in range(32))
+        aws = "AKIA" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+        out += [
+            (f"Please mail the contract to {email} before Friday.", "email"),
+            (f"You can reach me on {phone} in the afternoon.", "phone"),
+            (f"Charge it to my card {_card(rng)}, expiry 09/29.", "card_number"),
+            (f"Wire the refund to {_iban(rng)} please.", "iban"),
+            (f"Our staging config has OPENAI_KEY={key} in it.", "api_key"),
+            (f"The deploy uses {aws} as the access key id.", "aws_access_key"),
+        ]
+        bad = _card(rng).replace(" ", "")
+        bad = bad[:-1] + str((int(bad[-1]) + 1) % 10)  # break the Luhn check digit
+        out += [
+            (f"Order {bad} shipped on 2026-03-14.", None),
+            (f"Upgrade from version 3.11.7 to 3.12.1 on {rng.randrange(1, 28)}.11.2026.", None),
+            (f"Ticket #{rng.randrange(10**5, 10**6)} was closed after {rng.randrange(2, 90)} minutes.", None),
+            ("The meeting is in room 4.02 at 14:30, bring 2 laptops.", None),
+        ]
+    return out
+
+
+def _benign_paragraphs() -> list[str]:
+    paras = []
+    for f in sorted((ROOT / "service" / "sample_docs").glob("*.md")):
+        paras += [p.strip() for p in f.read_text().split("\n\n") if len(p.strip()) > 40]
+    return paras
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def main() -> dict[str, Any]:
+    mod = build_moderator(ModerationSettings())
+    mod.check("warm up", "input")
+    rows = load_rows("test")
+    lat: dict[str, list[float]] = {"input": [], "context": [], "output": []}
+
+    def timed(text: str, stage: str) -> Any:
+        t = time.perf_counter()
+        v = mod.check(text, stage)  # type: ignore[arg-type]
+        lat[stage].append((time.perf_counter() - t) * 1000)
+        return v
+
+    # Topical categories on input.
+    per: dict[str, dict[str, int]] = {c: {"tp": 0, "fp": 0, "fn": 0} for c in CATEGORIES}
+    benign_flagged: list[str] = []
+    benign = 0
+    for r in rows:
+        flagged = set(timed(r["text"], "input").categories) & set(CATEGORIES)
+        label = r["label"]
+        if label == "benign":
+            benign += 1
+            if flagged:
+                benign_flagged.append(r["text"])
+        for c in CATEGORIES:
+            if c in flagged and c == label:
+                per[c]["tp"] += 1
+            elif c in flagged:
+                per[c]["fp"] += 1
+            elif c == label:
+                per[c]["fn"] += 1
+    # Real documents as retrieved context: none of it should be blocked.
+    paras = _benign_paragraphs()
+    context_blocked = [p for p in paras if timed(p, "context").action == "block"]
+    # Personal data.
+    cases = pii_cases()
+    pii = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
+    pii_kinds: dict[str, dict[str, int]] = {}
+    misses = []
+    for text, kind in cases:
+        v = timed(text, "input")
+        hit = v.action == "redact" and "personal_data" in v.categories
+        if kind is None:
+            pii["fp" if hit else "tn"] += 1
+            if hit:
+                misses.append({"text": text, "expected": None, "got": v.categories})
+            continue
+        k = pii_kinds.setdefault(kind, {"found": 0, "total": 0})
+        k["total"] += 1
+        if hit and kind in v.categories:
+            k["found"] += 1
+            pii["tp"] += 1
+        else:
+            pii["fn"] += 1
+            misses.append({"text": text, "expected": kind, "got": v.categories})
+    # Output stage: the stream is re-checked as it grows (every hold-back window), so time growing prefixes.
+    answer = " ".join(paras)[:3000]
+    for end in range(40, len(answer), 40):
+        timed(answer[:end], "output")
+    for _ in range(4):  # more samples of the short checks for stable percentiles
+        for r in rows:
+            timed(r["text"], "input")
+        for p in paras:
+            timed(p, "context")
+
+    categories = {
+        c: {
+            "precision": v["tp"] / max(v["tp"] + v["fp"], 1),
+            "recall": v["tp"] / max(v["tp"] + v["fn"], 1),
+            "support": v["tp"] + v["fn"],
+        }
+        for c, v in per.items()
+    }
+    latency = {
+        s: {"n": len(v), "p50_ms": _pct(v, 0.5), "p95_ms": _pct(v, 0.95), "p99_ms": _pct(v, 0.99)}
+        for s, v in lat.items()
+    }
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "categories": categories,
+        "benign_prompts": {"n": benign, "false_positives": len(benign_flagged), "rate": len(benign_flagged) / benign},
+        "benign_documents_as_context": {
+            "n": len(paras),
+            "blocked": len(context_blocked),
+            "rate": len(context_blocked) / max(len(paras), 1),
+        },
+        "personal_data": {
+            **pii,
+            "precision": pii["tp"] / max(pii["tp"] + pii["fp"], 1),
+            "recall": pii["tp"] / max(pii["tp"] + pii["fn"], 1),
+            "by_kind": pii_kinds,
+            "misses": misses[:20],
+        },
+        "latency": latency,
+        "benign_flagged_examples": benign_flagged[:10],
+        "note": "held-out split of the shipped set; its cue words were tuned after looking at this split",
+    }
+    console = Console()
+    t = Table(title=f"moderation: topical categories on {len(rows)} held-out prompts")
+    for col in ("category", "precision", "recall", "support"):
+        t.add_column(col, justify="left" if col == "category" else "right")
+    for c, v in categories.items():
+        t.add_row(c, f"{v['precision']:.2f}", f"{v['recall']:.2f}", str(v["support"]))
+    pdata: dict[str, Any] = result["personal_data"]  # type: ignore[assignment]
+    t.add_row(
+        "personal_data (generated)", f"{pdata['precision']:.2f}", f"{pdata['recall']:.2f}", str(pii["tp"] + pii["fn"])
+    )
+    console.print(t)
+    b = Table(title="false positives on benign text")
+    b.add_column("set")
+    b.add_column("flagged", justify="right")
+    b.add_column("rate", justify="right")
+    b.add_row("benign prompts", f"{len(benign_flagged)}/{benign}", f"{len(benign_flagged) / benign:.1%}")
+    b.add_row(
+        "sample-document paragraphs as context",
+        f"{len(context_blocked)}/{len(paras)}",
+        f"{len(context_blocked) / max(len(paras), 1):.1%}",
+    )
+    b.add_row(
+        "PII look-alikes", f"{pii['fp']}/{pii['fp'] + pii['tn']}", f"{pii['fp'] / max(pii['fp'] + pii['tn'], 1):.1%}"
+    )
+    console.print(b)
+    lt = Table(title="latency per check (ms)")
+    for col in ("stage", "checks", "p50", "p95", "p99"):
+        lt.add_column(col, justify="left" if col == "stage" else "right")
+    for s, v in latency.items():
+        lt.add_row(s, str(v["n"]), f"{v['p50_ms']:.2f}", f"{v['p95_ms']:.2f}", f"{v['p99_ms']:.2f}")
+    console.print(lt)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {OUT.relative_to(ROOT)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
