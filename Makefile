@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup run test test-fast check bench browser clean
+.PHONY: setup run test test-fast test-deploy check bench pydocs browser deploy-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,8 +40,28 @@ check: setup
 	$(BIN)/ruff check service ingest adapters bench tests
 	$(BIN)/mypy
 
-bench: setup
+# The retrieval benchmark's corpus: the Python 3.11 library reference, from Debian.
+pydocs:
+	@test -d /usr/share/doc/python3.11/html/library || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc >/dev/null)
+
+# Benchmarks: each prints a table and writes JSON to bench/results/.
+bench: setup pydocs
+	$(BIN)/python -m bench.moderation
 	$(BIN)/python -m bench.retrieval
+	$(BIN)/python -m bench.load
+
+# Helm, kubernetes-validate and checkov live in their own venv (checkov pins much of the world);
+# tests/test_deploy.py builds it on first use, this target does it ahead of time.
+DEPLOY_VENV := .venv-deploy
+$(DEPLOY_VENV)/.requirements.sha256: helm/requirements-test.txt
+	$(PY) -m venv --clear $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q -r helm/requirements-test.txt
+	sha256sum helm/requirements-test.txt | cut -d' ' -f1 > $@
+
+deploy-tools: $(DEPLOY_VENV)/.requirements.sha256
+
+test-deploy: setup deploy-tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_deploy.py
 
 clean:
-	rm -rf $(VENV) .cache data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) .cache data .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,14 +64,59 @@ class _BM25Index:
         return [(self.ids[i], float(scores[i])) for i in order if scores[i] > 0]
 
 
+class WriteLock:
+    """One writer at a time: threads of this process, and (with a local store) other processes too, such as
+    `enclave ingest` beside a running server, through an advisory lock file next to the store."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._thread = threading.Lock()
+        self.path = path
+        self._fd: Any = None
+
+    def __enter__(self) -> WriteLock:
+        self._thread.acquire()
+        if self.path is not None:
+            import fcntl
+
+            try:
+                self._fd = open(self.path, "a")
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                if self._fd is not None:
+                    self._fd.close()
+                    self._fd = None
+                self._thread.release()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fd is not None:
+                import fcntl
+
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._fd.close()
+                self._fd = None
+        finally:
+            self._thread.release()
+
+
 class KnowledgeBase:
-    def __init__(self, client: Any, embedder: Embedder, chunk_size: int, chunk_overlap: int, max_query: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        embedder: Embedder,
+        chunk_size: int,
+        chunk_overlap: int,
+        max_query: int,
+        lock_path: Path | None = None,
+    ) -> None:
         self.client = client
         self.embedder = embedder
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
         self.max_query = max_query
-        self._write = threading.Lock()  # a single writer
+        self._write = WriteLock(lock_path)  # a single writer
         self._bm25: dict[str, tuple[int, _BM25Index]] = {}
         self._versions: dict[str, int] = {}
 
@@ -87,15 +133,18 @@ class KnowledgeBase:
             client = chromadb.HttpClient(
                 host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https", settings=chroma
             )
+            lock_path = None
         else:
             settings.chroma_path.mkdir(parents=True, exist_ok=True)
             client = chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma)
+            lock_path = settings.chroma_path / ".enclave-write.lock"
         return cls(
             client,
             Embedder.from_settings(settings),
             settings.rag.chunk_size,
             settings.rag.chunk_overlap,
             settings.rag.max_query_chars,
+            lock_path,
         )
 
     # -- collections ----------------------------------------------------------------------------
@@ -211,10 +260,15 @@ class KnowledgeBase:
         content_hash = hashlib.sha256(data).hexdigest()
         doc_id = doc_id_of(uri)
         col = self._collection(collection, create=True)
-        existing = col.get(where={"doc_id": doc_id}, include=["metadatas"], limit=1)
-        if existing["ids"] and existing["metadatas"][0]["content_hash"] == content_hash:
+        existing = col.get(where={"doc_id": doc_id}, include=["metadatas"])
+        versions = Counter(str(m["content_hash"]) for m in existing["metadatas"] or [])
+        whole = {str(m["content_hash"]): int(m.get("chunk_count", -1)) for m in existing["metadatas"] or []}
+        # (chunk_count is missing only in stores written before it was recorded: trust those.)
+        if list(versions) == [content_hash] and whole[content_hash] in (-1, versions[content_hash]):
             report.unchanged.append(uri)
             return report
+        # Anything else is redone: a new version, or what a crash left (a version written only in part, or
+        # the old version not yet removed). Chunk ids are derived from the content, so redoing is idempotent.
         try:
             doc = load(uri, data)
         except LoadError as exc:
@@ -230,6 +284,7 @@ class KnowledgeBase:
                 "kind": doc.kind,
                 "content_hash": content_hash,
                 "chunk_index": i,
+                "chunk_count": len(pieces),
                 **meta,
             }
             for i, (_, meta) in enumerate(pieces)
@@ -238,10 +293,10 @@ class KnowledgeBase:
         with self._write:
             # New chunks first, then the old version's: a crash in between leaves a document, never none.
             col.upsert(ids=ids, documents=[t for t, _ in pieces], embeddings=embeddings, metadatas=metas)  # type: ignore[arg-type]
-            if existing["ids"]:
+            if set(versions) - {content_hash}:
                 col.delete(where={"$and": [{"doc_id": doc_id}, {"content_hash": {"$ne": content_hash}}]})
             self._changed(collection)
-        (report.updated if existing["ids"] else report.added).append(uri)
+        (report.updated if set(versions) - {content_hash} else report.added).append(uri)
         report.chunks += len(pieces)
         return report
 

@@ -20,6 +20,7 @@ from service.auth import Authenticator
 from service.backends import build_backend
 from service.chat.pipeline import ChatPipeline
 from service.errors import EnclaveError
+from service.limits import KeyLimits
 from service.metrics import Metrics
 from service.settings import Settings, offline_environment
 from service.store import SqlConversationStore
@@ -40,33 +41,55 @@ class State:
         self.kb: Any = None
         self.registry: Any = None
         self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
+        if self.auth.enabled:
+            self.pipeline.key_limits = KeyLimits(settings.limits, settings.storage.redis_url)
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
+        self._loaded: set[str] = set()
         self.started = time.time()
 
-    async def load(self) -> None:
-        """Load the model and the knowledge base; /readyz turns true when both are up."""
-        try:
-            await self.backend.aload()
-            if self.settings.moderation.enabled:
-                from service.moderation import build_moderator
+    async def load(self, retry: bool = False) -> None:
+        """Load the model and the knowledge base; /readyz turns true when both are up.
 
-                self.pipeline.moderator = await asyncio.to_thread(
-                    build_moderator, self.settings.moderation, self.backend
-                )
+        With `retry` (the server) a failure is retried with backoff until it works or the process drains:
+        a Chroma server or model server that is not up yet must not leave a pod unready for ever. Each
+        part is loaded once; a retry resumes where the last attempt failed.
+        """
+        delay = 1.0
+        while True:
+            try:
+                await self._load_parts()
+            except Exception as exc:  # readiness stays false and says why
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.exception("enclave failed to load%s", f"; retrying in {delay:.0f} s" if retry else "")
+                if not retry or self.draining:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.load_error = None
+            self.ready = not self.draining
+            log.info("enclave ready: backend=%s", self.backend.name)
+            return
+
+    async def _load_parts(self) -> None:
+        if "backend" not in self._loaded:
+            await self.backend.aload()
+            self._loaded.add("backend")
+        if self.settings.moderation.enabled and self.pipeline.moderator is None:
+            from service.moderation import build_moderator
+
+            self.pipeline.moderator = await asyncio.to_thread(build_moderator, self.settings.moderation, self.backend)
+        if self.registry is None:
             await self._open_registry()
+        if self.kb is None:
             self.kb = await asyncio.to_thread(self._open_kb)
             if self.kb is not None:
                 self.pipeline.retriever = self.kb.retriever()
                 self.pipeline.collections = self.kb.collection_names
                 self.pipeline.embed = self.kb.embedder.embed
-            self.pipeline.domains = self.registry.domains
-            self.ready = True
-            log.info("enclave ready: backend=%s", self.backend.name)
-        except Exception as exc:  # readiness stays false and says why
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("enclave failed to load")
+        self.pipeline.domains = self.registry.domains
 
     async def _open_registry(self) -> None:
         from adapters.registry import AdapterRegistry
@@ -152,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_path.mkdir(parents=True, exist_ok=True)
         state = State(settings)
         app.state.enclave = state
-        loading = asyncio.create_task(state.load())
+        loading = asyncio.create_task(state.load(retry=True))
         try:
             yield
         finally:

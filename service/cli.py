@@ -190,6 +190,31 @@ def chat(
     asyncio.run(main())
 
 
+auth_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth", help="API keys: make one for the keys file.")
+
+
+@auth_app.command("new-key")
+def auth_new_key(
+    name: str = typer.Option(..., help="Who the key is for (conversations are kept per name)."),
+    collections: str = typer.Option(None, help="Comma-separated collections it may read; default: all."),
+    admin: bool = typer.Option(False, help="May ingest documents and manage adapters."),
+) -> None:
+    """Print a new random API key (give it to its user) and the keys-file entry that stores only its digest."""
+    import hashlib
+    import secrets
+
+    import yaml
+
+    key = "enc-" + secrets.token_urlsafe(32)
+    entry: dict[str, Any] = {"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+    if collections:
+        entry["collections"] = [c.strip() for c in collections.split(",") if c.strip()]
+    entry["admin"] = admin
+    typer.echo(f"key (shown once): {key}", err=True)
+    typer.echo(yaml.safe_dump([entry], sort_keys=False), nl=False)
+
+
 router_app = typer.Typer(help="Fit and check the query router.", no_args_is_help=True)
 app.add_typer(router_app, name="router", help="Fit and check the query router's thresholds.")
 

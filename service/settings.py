@@ -48,6 +48,11 @@ class ModelSettings(BaseModel):
     url: str | None = Field(None, description="Server URL for the tgi and openai backends.")
     api_key: str | None = Field(None, description="API key for the openai backend, if the server wants one.")
     echo_tokens_per_second: float = Field(50.0, description="Rate of the echo backend.")
+    echo_source: Literal["message", "prompt"] = Field(
+        "message",
+        description="What the echo backend repeats: the user's last message, or the whole prompt it was given "
+        "(system prompt and retrieved context included), so tests can see everything a model would.",
+    )
     request_timeout_s: float = Field(120.0, description="A generation that runs longer is stopped (timeout).")
 
 
@@ -138,6 +143,12 @@ class LimitsSettings(BaseModel):
     max_tokens_cap: int = Field(1024, description="Upper bound on max_tokens a request may ask for.")
     max_concurrent_generations: int = Field(1, description="Generations running at once.")
     max_queue: int = Field(16, description="Requests waiting for a generation slot; beyond that: 429.")
+    requests_per_minute: int = Field(
+        120, description="Per API key (when keys are configured); 0 turns it off. Shared through Redis if set."
+    )
+    max_streams_per_key: int = Field(
+        4, description="Answers one API key may stream at once; 0 turns it off. Shared through Redis if set."
+    )
     history_tokens: int = Field(1024, description="Token budget for earlier turns fed back to the model.")
 
 

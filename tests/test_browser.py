@@ -31,7 +31,7 @@ SHOTS = Path(os.environ.get("ENCLAVE_SCREENSHOTS", "/tmp"))
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (make browser)")
+        pytest.fail("Debian's chromium is not installed: run `make browser` (make test does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -19,6 +19,7 @@ class EchoBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.rate = settings.models.echo_tokens_per_second
+        self.source = settings.models.echo_source
         self.adapters: list[str] = []
 
     async def aload(self) -> None:
@@ -46,8 +47,11 @@ class EchoBackend:
         if adapter is not None and adapter not in self.adapters:
             raise NotFound(f"unknown adapter '{adapter}'")
         result = result if result is not None else Generation()
-        last = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        words = ("echo: " + last).split()
+        if self.source == "prompt":
+            text = " ".join(f"{m.role}: {m.content}" for m in messages)
+        else:
+            text = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        words = ("echo: " + text).split()
         result.prompt_tokens = sum(self.count_tokens(m.content) for m in messages)
         result.finish_reason = "length" if len(words) > params.max_tokens else "stop"
         for i, word in enumerate(words[: params.max_tokens]):

@@ -7,6 +7,7 @@ before any stream starts; the ticket then waits for a slot.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
 from service.errors import Overloaded
@@ -33,6 +34,7 @@ class Ticket:
         self.admission = admission
         self.holding = False
         self.released = False
+        self.on_release: Callable[[], None] | None = None  # frees the caller's per-key stream slot
 
     async def __aenter__(self) -> Ticket:
         await self.admission.slots.acquire()
@@ -51,3 +53,5 @@ class Ticket:
         if not self.released:
             self.admission.admitted -= 1
             self.released = True
+            if self.on_release is not None:
+                self.on_release()

@@ -22,6 +22,7 @@ from service.errors import (
     InvalidRequest,
     ModerationBlocked,
     NotFound,
+    Overloaded,
     Timeout,
     as_enclave_error,
 )
@@ -34,6 +35,7 @@ from service.events import (
     TokenEvent,
     Usage,
 )
+from service.limits import KeyLimits
 from service.metrics import Metrics
 from service.protocols import (
     Chunk,
@@ -54,6 +56,8 @@ Event = RouteEvent | SourcesEvent | TokenEvent | ModerationEvent | DoneEvent | E
 
 # How often a streaming answer is written to the store, so a crash loses at most this much.
 SAVE_EVERY_S = 1.0
+# `auto` without a named collection searches at most this many of the caller's collections.
+MAX_AUTO_COLLECTIONS = 8
 
 
 class ChatPipeline:
@@ -79,6 +83,7 @@ class ChatPipeline:
         self.embed: Callable[[list[str]], list[list[float]]] | None = None
         self.router = SignalRouter(settings.router)
         self.admission = Admission(settings.limits.max_concurrent_generations, settings.limits.max_queue)
+        self.key_limits: KeyLimits | None = None  # per-key limits, set by the app when API keys are configured
 
     # -- checks a transport can make before it starts a stream ------------------------------
     def validate(self, req: ChatRequest) -> None:
@@ -92,8 +97,17 @@ class ChatPipeline:
         if req.adapter is not None and req.adapter not in self.backend.list_adapters():
             raise NotFound(f"unknown adapter '{req.adapter}'")
 
-    def admit(self) -> Ticket:
-        return self.admission.enter()
+    async def admit(self, principal: Principal | None = None) -> Ticket:
+        """A place in the generation queue, after the caller's per-key limits; Overloaded at once if not."""
+        release = await self.key_limits.acquire(principal.name) if self.key_limits and principal else None
+        try:
+            ticket = self.admission.enter()
+        except Overloaded:
+            if release:
+                release()
+            raise
+        ticket.on_release = release
+        return ticket
 
     def params(self, req: ChatRequest) -> GenerationParams:
         m = self.settings.models
@@ -120,7 +134,7 @@ class ChatPipeline:
         try:
             try:
                 self.validate(req)
-                ticket = ticket or self.admit()
+                ticket = ticket or await self.admit(principal)
             except EnclaveError as exc:
                 yield self._error(exc, turn)
                 return
@@ -307,18 +321,33 @@ class ChatPipeline:
             raise InvalidRequest("the knowledge base is not available on this server")
         if self.retriever is None or not (auto or req.route == "rag"):
             return signals
-        collection = req.collection or self.settings.rag.default_collection
-        if req.collection is None and req.route == "auto":
+        candidates = [req.collection or self.settings.rag.default_collection]
+        if req.collection is None:
+            # Without a named collection, search every existing collection the caller may read (the default
+            # first) and answer from the best match; `auto` quietly skips what is missing or not readable.
             existing = self.collections() if self.collections else None
-            if (existing is not None and collection not in existing) or not principal.may_read(collection):
+            if existing is not None:
+                readable = sorted(c for c in existing if principal.may_read(c) and c != candidates[0])
+                first = candidates if candidates[0] in existing and principal.may_read(candidates[0]) else []
+                candidates = (first + readable)[:MAX_AUTO_COLLECTIONS]
+            elif not principal.may_read(candidates[0]):
+                candidates = []
+            if not candidates:
+                if req.route == "rag":
+                    raise InvalidRequest("there is no collection you may read; name one with `collection`")
                 return signals
         query = message
         if rag.needs_condensing(message, history):
             query = await rag.condense(self.backend, message, history)
-        signals.collection = collection
-        signals.chunks = await asyncio.to_thread(
-            self.retriever.search, query, collection, principal, max(self.settings.rag.top_k * 2, 8)
-        )
+        depth = max(self.settings.rag.top_k * 2, 8)
+        best: RetrievalSignals | None = None
+        for collection in candidates:
+            chunks = await asyncio.to_thread(self.retriever.search, query, collection, principal, depth)
+            found = RetrievalSignals(collection=collection, chunks=chunks)
+            if best is None or found.top > best.top:
+                best = found
+        assert best is not None
+        signals.collection, signals.chunks = best.collection, best.chunks
         return signals
 
     async def _finish(self, turn: _Turn, result: Generation) -> DoneEvent:

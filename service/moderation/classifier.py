@@ -34,7 +34,8 @@ _CUES = {
         r"poison)\w* (?:someone|somebody|a person|people|him|her|them|my \w+|the \w+|a child|you))\b"
     ),
     "sexual": re.compile(
-        r"(?i)\b(?:explicit (?:sex\w*|content|images?|photos?|pictures?|videos?|scenes?|stor(?:y|ies)|material)|porn\w*|erotic|sex scene|sexual|nude|naked|sext\w*|smut|orgasm|genitals|lewd|fetish|"
+        r"(?i)\b(?:explicit (?:sex\w*|content|images?|photos?|pictures?|videos?|scenes?|stor(?:y|ies)|material)|"
+        r"porn\w*|erotic|sex scene|sexual|nude|naked|sext\w*|smut|orgasm|genitals|lewd|fetish|"
         r"intercourse|masturbat\w*|hardcore|onlyfans)\b"
     ),
     "hate_harassment": re.compile(

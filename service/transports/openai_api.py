@@ -119,7 +119,7 @@ async def chat_completions(
     state.metrics.requests.labels("openai").inc()
     req = to_chat_request(body, state.settings.models.name, state.backend.list_adapters())
     state.pipeline.validate(req)
-    ticket = state.pipeline.admit()
+    ticket = await state.pipeline.admit(who)
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
     events = state.pipeline.run(req, who, ticket=ticket)

@@ -25,7 +25,7 @@ async def chat_stream(body: ChatRequest, request: Request, who: Principal = Depe
     require_ready(state)
     state.metrics.requests.labels("sse").inc()
     state.pipeline.validate(body)  # bad input is a 4xx before any stream starts
-    ticket = state.pipeline.admit()  # a full queue is a 429 at once
+    ticket = await state.pipeline.admit(who)  # a full queue or a key over its limits is a 429 at once
 
     async def lines() -> AsyncIterator[str]:
         async for event in state.pipeline.run(body, who, ticket=ticket):

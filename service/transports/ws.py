@@ -140,7 +140,7 @@ class Session:
             req = ChatRequest.model_validate(frame)
             require_ready(self.state)
             self.state.pipeline.validate(req)
-            ticket = self.state.pipeline.admit()
+            ticket = await self.state.pipeline.admit(self.principal)
         except ValidationError as exc:
             await self.send(_error("invalid_request", _validation_message(exc)))
             return True

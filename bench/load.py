@@ -1,0 +1,199 @@
+"""How many concurrent WebSocket streams one Enclave process holds: `python -m bench.load`.
+
+Starts `enclave serve` on the echo backend (deterministic tokens at a set rate, so the service alone is
+measured, moderation and the conversation store included), then for each level of concurrency keeps that
+many WebSocket clients chatting back to back for a while. Per level: streams completed and dropped
+(an `error` event, a closed socket or a missing `done`), the time to first token the service adds
+(p50/p99; the echo backend itself adds one token interval, subtracted), aggregate tokens/s, and the
+server's resident memory before and after. Prints a table and writes `bench/results/load.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "load.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
+
+
+async def _client(url: str, stop_at: float, tokens: int, stats: dict[str, Any]) -> None:
+    message = " ".join(f"w{i}" for i in range(tokens))
+    try:
+        async with connect(url, max_size=2**20, open_timeout=60, ping_interval=None) as ws:
+            while time.monotonic() < stop_at:
+                sent = time.monotonic()
+                await ws.send(json.dumps({"type": "chat", "message": message, "route": "base", "max_tokens": tokens}))
+                first = None
+                n = 0
+                while True:
+                    e = json.loads(await asyncio.wait_for(ws.recv(), timeout=120))
+                    if e["type"] == "token":
+                        n += 1
+                        if first is None:
+                            first = time.monotonic() - sent
+                    elif e["type"] == "done":
+                        stats["completed"] += 1
+                        stats["tokens"] += n
+                        if first is not None:
+                            stats["ttft"].append(first)
+                        break
+                    elif e["type"] == "error":
+                        stats["dropped"] += 1
+                        stats["errors"].append(e.get("code"))
+                        break
+    except Exception as exc:  # a socket that closes or times out mid-answer is a dropped stream
+        stats["dropped"] += 1
+        stats["errors"].append(type(exc).__name__)
+
+
+async def _level(url: str, streams: int, seconds: float, tokens: int) -> dict[str, Any]:
+    stats: dict[str, Any] = {"completed": 0, "dropped": 0, "tokens": 0, "ttft": [], "errors": []}
+    started = time.monotonic()
+    stop_at = started + seconds
+    clients = []
+    for _ in range(streams):  # open gradually: a thundering herd of handshakes is a different benchmark
+        clients.append(asyncio.create_task(_client(url, stop_at, tokens, stats)))
+        await asyncio.sleep(min(0.01, seconds / streams / 10))
+    await asyncio.gather(*clients)
+    elapsed = time.monotonic() - started
+    return {**stats, "elapsed": elapsed}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", default="50,200,500,1000", help="concurrent streams per level")
+    ap.add_argument("--seconds", type=float, default=60, help="how long each level runs")
+    ap.add_argument("--rate", type=float, default=10, help="echo tokens per second per stream")
+    ap.add_argument("--tokens", type=int, default=20, help="tokens per answer")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    console = Console()
+
+    data = Path(tempfile.mkdtemp(prefix="enclave-load-"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ENCLAVE_DATA_DIR": str(data),
+        "ENCLAVE_MODELS__BACKEND": "echo",
+        "ENCLAVE_MODELS__ECHO_TOKENS_PER_SECOND": str(args.rate),
+        "ENCLAVE_LIMITS__MAX_CONCURRENT_GENERATIONS": str(max(levels) + 10),
+        "ENCLAVE_LIMITS__MAX_QUEUE": str(max(levels) + 10),
+        "ENCLAVE_RAG__INGEST_SAMPLES": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = (data / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+         "warning"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("the server did not become ready; see " + str(data / "server.log"))
+        rows = []
+        rss0 = _rss_mb(proc.pid)
+        interval = 1.0 / args.rate
+        for n in levels:
+            before = _rss_mb(proc.pid)
+            r = asyncio.run(_level(f"ws://127.0.0.1:{port}/v1/chat/ws", n, args.seconds, args.tokens))
+            after = _rss_mb(proc.pid)
+            added = [max(0.0, t - interval) * 1000 for t in r["ttft"]]
+            row = {
+                "streams": n,
+                "seconds": round(r["elapsed"], 1),
+                "answers_completed": r["completed"],
+                "dropped": r["dropped"],
+                "errors": sorted(set(r["errors"]))[:5],
+                "ttft_added_p50_ms": round(_pct(added, 0.5), 1),
+                "ttft_added_p99_ms": round(_pct(added, 0.99), 1),
+                "tokens_per_s": round(r["tokens"] / r["elapsed"], 1),
+                "rss_before_mb": round(before, 1),
+                "rss_after_mb": round(after, 1),
+            }
+            rows.append(row)
+            console.print(row)
+        out = {
+            "settings": vars(args) | {"out": str(args.out)},
+            "levels": rows,
+            "rss_start_mb": round(rss0, 1),
+            "rss_end_mb": round(_rss_mb(proc.pid), 1),
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+            "note": "client and server share the machine's cores",
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    table = Table(
+        title=f"WebSocket streams on one process (echo backend, {args.rate:g} tokens/s, {args.tokens} tokens)"
+    )
+    for col in ("streams", "answers", "dropped", "added TTFT p50 ms", "p99 ms", "tokens/s", "RSS MB before→after"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["streams"]),
+            str(row["answers_completed"]),
+            str(row["dropped"]),
+            f"{row['ttft_added_p50_ms']:.1f}",
+            f"{row['ttft_added_p99_ms']:.1f}",
+            f"{row['tokens_per_s']:.0f}",
+            f"{row['rss_before_mb']:.0f}→{row['rss_after_mb']:.0f}",
+        )
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
