@@ -77,7 +77,17 @@ class Session:
         limit = self.state.settings.limits.max_ws_frame_bytes
         try:
             while True:
-                text = await self.ws.receive_text()
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:  # a binary frame
+                    size = len(message.get("bytes") or b"")
+                    if size > limit:
+                        await self.ws.close(code=1009, reason="frame too big")
+                        return
+                    await self.send(_error("invalid_request", "binary frames are not accepted: send JSON as text"))
+                    continue
                 if len(text.encode()) > limit:
                     await self.send(_error("invalid_request", f"frame over {limit} bytes"))
                     await self.ws.close(code=1009, reason="frame too big")

