@@ -50,18 +50,53 @@ class IngestReport:
 
 
 class _BM25Index:
+    """Okapi BM25 (k1 1.5, b 0.75, negative idf floored at a quarter of the mean, as rank_bm25 does) with
+    every document's term weights precomputed in a sparse matrix: a query is a sum of a few columns,
+    a millisecond or two at ten thousand chunks instead of a Python loop over every document."""
+
+    K1, B, EPS = 1.5, 0.75, 0.25
+
     def __init__(self, ids: list[str], texts: list[str]) -> None:
-        from rank_bm25 import BM25Okapi
+        import numpy as np
+        from scipy import sparse
 
         self.ids = ids
-        self.bm25 = BM25Okapi([tokenize(t) or ["_"] for t in texts]) if ids else None
+        self.vocab: dict[str, int] = {}
+        self.matrix: Any = None
+        if not ids:
+            return
+        rows: list[int] = []
+        cols: list[int] = []
+        counts: list[int] = []
+        lengths = np.zeros(len(texts), dtype=np.float32)
+        for i, text in enumerate(texts):
+            tokens = tokenize(text) or ["_"]
+            lengths[i] = len(tokens)
+            for term, c in Counter(tokens).items():
+                rows.append(i)
+                cols.append(self.vocab.setdefault(term, len(self.vocab)))
+                counts.append(c)
+        n = len(texts)
+        tf = sparse.csr_matrix((np.asarray(counts, dtype=np.float32), (rows, cols)), shape=(n, len(self.vocab)))
+        df = np.bincount(np.asarray(cols), minlength=len(self.vocab)).astype(np.float64)
+        idf = np.log(n - df + 0.5) - np.log(df + 0.5)
+        idf[idf < 0] = self.EPS * idf.mean()
+        norm = self.K1 * (1 - self.B + self.B * lengths / lengths.mean())
+        row_of = np.repeat(np.arange(n), np.diff(tf.indptr))
+        tf.data = (tf.data * (self.K1 + 1) / (tf.data + norm[row_of]) * idf[tf.indices]).astype(np.float32)
+        self.matrix = tf.tocsc()
 
     def top(self, query: str, n: int) -> list[tuple[str, float]]:
-        if self.bm25 is None:
+        import numpy as np
+
+        cols = [self.vocab[t] for t in tokenize(query) if t in self.vocab]
+        if self.matrix is None or not cols or n <= 0:
             return []
-        scores = self.bm25.get_scores(tokenize(query))
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:n]
-        return [(self.ids[i], float(scores[i])) for i in order if scores[i] > 0]
+        scores = np.asarray(self.matrix[:, cols].sum(axis=1)).ravel()
+        k = min(n, len(scores))
+        idx = np.argpartition(-scores, k - 1)[:k]
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        return [(self.ids[i], float(scores[i])) for i in idx if scores[i] > 0]
 
 
 class WriteLock:
@@ -357,6 +392,8 @@ class KnowledgeBase:
     def search(
         self, query: str, collection: str, principal: Principal, k: int = 4, mode: Mode = "hybrid"
     ) -> list[Chunk]:
+        import numpy as np
+
         if not query or not query.strip():
             raise InvalidRequest("the query is empty")
         if len(query) > self.max_query:
@@ -370,6 +407,7 @@ class KnowledgeBase:
             return []
         depth = max(k * 4, 30)
         qvec = self.embedder.embed([query])[0]
+        q = np.asarray(qvec, dtype=np.float32)
         dense: list[str] = []
         if mode in ("dense", "hybrid"):
             res = col.query(query_embeddings=[qvec], n_results=min(depth, col.count()), include=[])
@@ -389,7 +427,7 @@ class KnowledgeBase:
         bm25 = dict(lexical)
         by_id = {}
         for cid, text, meta, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
-            cos = float(sum(a * b for a, b in zip(qvec, emb, strict=True)))
+            cos = float(np.dot(q, np.asarray(emb, dtype=np.float32)))
             by_id[cid] = Chunk(
                 id=cid,
                 text=text,
