@@ -75,12 +75,11 @@ def evaluate(
     max_tokens: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    from service.backends.local import LocalBackend, base_model_sha256
+    from service.backends.local import build_local_backend
 
-    backend = LocalBackend(settings)
+    backend = build_local_backend(settings)
     backend.load()
-    assert backend.model_dir is not None
-    registry = AdapterRegistry(settings.adapters_path, backend, base_model_sha256(backend.model_dir))
+    registry = AdapterRegistry(settings.adapters_path, backend, backend.base_sha256)
     folder = registry.validate(name)
     meta = read_meta(folder)
     dataset = dataset or Path(meta["dataset"])

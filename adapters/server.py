@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from adapters.registry import AdapterRegistry
 from service.auth import Authenticator
-from service.backends.local import LocalBackend, base_model_sha256
+from service.backends.local import build_local_backend
 from service.errors import EnclaveError
 from service.protocols import Generation, GenerationParams
 from service.settings import Settings, offline_environment
@@ -51,17 +51,14 @@ class TGIRequest(BaseModel):
 class ModelServerState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.backend = LocalBackend(settings)
+        self.backend = build_local_backend(settings)
         self.auth = Authenticator(settings.auth)
         self.registry: AdapterRegistry | None = None
         self.ready = False
 
     async def load(self) -> None:
         await self.backend.aload()
-        assert self.backend.model_dir is not None
-        self.registry = AdapterRegistry(
-            self.settings.adapters_path, self.backend, base_model_sha256(self.backend.model_dir)
-        )
+        self.registry = AdapterRegistry(self.settings.adapters_path, self.backend, self.backend.base_sha256)
         for problem in await self.registry.load_all():
             log.warning("adapter skipped: %s", problem)
         self.ready = True
@@ -121,11 +118,11 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
     @app.get("/info")
     async def info(request: Request) -> dict[str, Any]:
         st = state_of(request)
-        sha = base_model_sha256(st.backend.model_dir) if st.backend.model_dir else None
+        sha = st.backend.base_sha256
         return {
             "model_id": settings.models.name,
             "model_sha": sha,
-            "model_dtype": "float32",
+            "model_dtype": getattr(st.backend, "dtype", "float32"),
             "model_device_type": "cpu",
             "max_input_tokens": settings.models.context_tokens - 1,
             "max_total_tokens": settings.models.context_tokens,

@@ -95,11 +95,7 @@ class State:
         from adapters.registry import AdapterRegistry
 
         host = self.backend if hasattr(self.backend, "add_adapter") else None
-        base_sha = None
-        if getattr(self.backend, "model_dir", None) is not None:
-            from service.backends.local import base_model_sha256
-
-            base_sha = base_model_sha256(self.backend.model_dir)
+        base_sha = getattr(self.backend, "base_sha256", None)
         self.registry = AdapterRegistry(self.settings.adapters_path, host, base_sha)
         if host is not None and self.settings.adapters.autoload:
             for problem in await self.registry.load_all():

@@ -40,11 +40,17 @@ def serve(
 @app.command()
 def warmup() -> None:
     """Convert the base model into the model cache and load the embedder, so starts are fast."""
+    import importlib.util
+
     from service.backends.local import load_model
 
     settings = _settings()
     _, _, path = load_model(settings)
     typer.echo(f"model cache: {path}")
+    if settings.models.engine != "transformers" and importlib.util.find_spec("llama_cpp") is not None:
+        from service.backends.llamacpp import engine_weights
+
+        typer.echo(f"llama.cpp weights: {engine_weights(settings)[1]}")
     try:
         from ingest.embedder import Embedder
     except ImportError:

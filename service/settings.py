@@ -36,7 +36,22 @@ class ModelSettings(BaseModel):
         description="Where the GGUF is converted once to safetensors so later starts take a second; "
         "default: <data_dir>/models.",
     )
-    threads: int = Field(0, description="Torch CPU threads; 0 keeps torch's default (one per core).")
+    engine: Literal["auto", "llama_cpp", "transformers"] = Field(
+        "auto",
+        description="In-process engine of the local backend: llama.cpp with continuous batching (auto, when "
+        "llama-cpp-python is installed) or transformers, one request at a time.",
+    )
+    engine_format: Literal["q8_0", "bf16", "f16", "original"] = Field(
+        "q8_0",
+        description="Weights the llama.cpp engine runs, re-encoded once from the GGUF into the model cache: q8_0 "
+        "keeps Q4_1's values and prefills twice as fast on x86; original runs the GGUF as shipped.",
+    )
+    parallel: int = Field(8, description="llama.cpp engine: sequences decoded together (continuous batching).")
+    batch_tokens: int = Field(
+        512, description="llama.cpp engine: tokens per decode step (prompt chunks plus one per running sequence)."
+    )
+    flash_attention: bool = Field(True, description="llama.cpp engine: flash attention (faster prefill on CPU).")
+    threads: int = Field(0, description="CPU threads for generation; 0: one per core.")
     context_tokens: int = Field(2048, description="Prompt plus answer must fit in this many tokens.")
     max_tokens: int = Field(256, description="Default answer length limit in tokens.")
     temperature: float = Field(0.2, description="Default sampling temperature; 0 is greedy.")
@@ -141,7 +156,9 @@ class LimitsSettings(BaseModel):
     max_body_bytes: int = Field(1_000_000, description="Largest HTTP request body.")
     max_ws_frame_bytes: int = Field(65_536, description="Largest WebSocket frame.")
     max_tokens_cap: int = Field(1024, description="Upper bound on max_tokens a request may ask for.")
-    max_concurrent_generations: int = Field(1, description="Generations running at once.")
+    max_concurrent_generations: int = Field(
+        8, description="Generations running at once; the llama.cpp engine batches up to models.parallel of them."
+    )
     max_queue: int = Field(16, description="Requests waiting for a generation slot; beyond that: 429.")
     requests_per_minute: int = Field(
         120, description="Per API key (when keys are configured); 0 turns it off. Shared through Redis if set."

@@ -979,7 +979,7 @@ def test_dockerfile_installs_what_the_project_declares() -> None:
     extras = re.search(r'pip install [^"&]*"\.\[([\w,-]+)\]"', runs)
     assert extras, runs
     assert set(extras.group(1).split(",")) <= set(pyproject["project"]["optional-dependencies"])
-    assert {"postgres", "redis", "tgi", "openai", "train"} <= set(extras.group(1).split(","))
+    assert {"postgres", "redis", "tgi", "openai", "train", "fast"} <= set(extras.group(1).split(","))
     # Every COPY source exists and is not excluded by .dockerignore; every package is copied.
     ignored = [
         line.strip()

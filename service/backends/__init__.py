@@ -9,9 +9,9 @@ from service.settings import Settings
 def build_backend(settings: Settings) -> GenerationBackend:
     kind = settings.models.backend
     if kind == "local":
-        from service.backends.local import LocalBackend
+        from service.backends.local import build_local_backend
 
-        return LocalBackend(settings)
+        return build_local_backend(settings)  # type: ignore[no-any-return]
     if kind == "echo":
         from service.backends.echo import EchoBackend
 

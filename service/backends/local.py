@@ -1,8 +1,9 @@
-"""In-process generation with the small GGUF model through transformers.
+"""In-process generation with the small GGUF model: the shared prompt tools and the transformers engine.
 
-One worker thread owns the model, so generations run one at a time and never block the event
-loop; tokens cross into asyncio through a queue, and a closed stream stops its generation
-within one decode step.
+`build_local_backend` picks the engine: llama.cpp with continuous batching (`llamacpp.py`) when
+llama-cpp-python is installed, else transformers, where one worker thread owns the model, so
+generations run one at a time and never block the event loop; tokens cross into asyncio through
+a queue, and a closed stream stops its generation within one decode step.
 """
 
 from __future__ import annotations
@@ -125,18 +126,98 @@ class StopMatcher:
         return text[: len(text) - hold], False
 
 
-class LocalBackend:
+def build_local_backend(settings: Settings) -> TransformersBackend | Any:
+    """The in-process backend: llama.cpp when installed (or asked for), transformers otherwise."""
+    engine = settings.models.engine
+    if engine == "auto":
+        engine = "llama_cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
+        if engine == "transformers":
+            log.warning("llama-cpp-python is not installed: generating with transformers, one request at a time "
+                        "(pip install 'enclave[fast]' for continuous batching)")
+    if engine == "llama_cpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BackendUnavailable("models.engine=llama_cpp needs llama-cpp-python: pip install 'enclave[fast]'")
+        from service.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(settings)
+    return TransformersBackend(settings)
+
+
+class PromptTools:
+    """What both in-process engines share: the tokenizer, the chat template, stop tokens and the context fit."""
+
+    settings: Settings
+    tokenizer: Any = None
+    _stop_ids: set[int]
+
+    def _init_tokenizer(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        ids = {tokenizer.eos_token_id}
+        for tok in ("<|im_end|>", "<|endoftext|>"):
+            tid = tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                ids.add(tid)
+        # The GGUF's metadata names <|im_start|> as EOS; a new turn starting is also the end of ours.
+        self._stop_ids = {i for i in ids if i is not None}
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return max(1, len(text) // 4)
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def chat_prompt(self, messages: Sequence[Message]) -> list[int]:
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        ids: list[int] = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        return ids
+
+    def prompt_ids(self, prompt: Sequence[Message] | str, max_new: int) -> list[int]:
+        """Chat messages or a raw, already templated prompt, as ids that leave room for the answer."""
+        raw = (
+            self.tokenizer.encode(prompt, add_special_tokens=False)
+            if isinstance(prompt, str)
+            else self.chat_prompt(prompt)
+        )
+        return self.fit(raw, max_new)
+
+    def fit(self, ids: list[int], max_new: int) -> list[int]:
+        budget = self.settings.models.context_tokens - max_new
+        if budget < 16:
+            raise InvalidRequest(f"max_tokens {max_new} leaves no room for the prompt")
+        return ids[-budget:] if len(ids) > budget else ids  # keep the end: the question
+
+    def stream_tokens(
+        self,
+        prompt: Sequence[Message] | str,
+        params: GenerationParams,
+        adapter: str | None = None,
+        result: Generation | None = None,
+    ) -> AsyncIterator[tuple[str, int]]:
+        raise NotImplementedError
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        adapter: str | None = None,
+        result: Generation | None = None,
+    ) -> AsyncIterator[str]:
+        # aclosing: a client that stops reading cancels the generation now, not when the generator is collected.
+        async with contextlib.aclosing(self.stream_tokens(messages, params, adapter, result)) as tokens:
+            async for text, _ in tokens:
+                yield text
+
+
+class TransformersBackend(PromptTools):
     """GenerationBackend over transformers in this process, with peft LoRA adapters hot-loaded.
 
     Adapter loads and unloads run on the same single worker thread as generation, so a swap
-    never races a generation in flight.
+    never races a generation in flight. The fallback where llama-cpp-python is not installed.
     """
 
     name = "local"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tokenizer: Any = None
         self.model: Any = None
         self.model_dir: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enclave-gen")
@@ -149,14 +230,12 @@ class LocalBackend:
 
         if self.settings.models.threads > 0:
             torch.set_num_threads(self.settings.models.threads)
-        self.tokenizer, self.model, self.model_dir = load_model(self.settings)
-        ids = {self.tokenizer.eos_token_id}
-        for tok in ("<|im_end|>", "<|endoftext|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
-                ids.add(tid)
-        # The GGUF's metadata names <|im_start|> as EOS; a new turn starting is also the end of ours.
-        self._stop_ids = {i for i in ids if i is not None}
+        tokenizer, self.model, self.model_dir = load_model(self.settings)
+        self._init_tokenizer(tokenizer)
+
+    @property
+    def base_sha256(self) -> str | None:
+        return base_model_sha256(self.model_dir) if self.model_dir is not None else None
 
     async def aload(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
@@ -169,11 +248,6 @@ class LocalBackend:
 
     def list_adapters(self) -> list[str]:
         return sorted(self._adapters)
-
-    def count_tokens(self, text: str) -> int:
-        if self.tokenizer is None:
-            return max(1, len(text) // 4)
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     # -- adapters -----------------------------------------------------------------------------
     async def add_adapter(self, name: str, path: Path) -> None:
@@ -208,28 +282,7 @@ class LocalBackend:
             self.model.delete_adapter(name)
 
     # -- generation -------------------------------------------------------------------------
-    def chat_prompt(self, messages: Sequence[Message]) -> list[int]:
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        ids: list[int] = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        return ids
-
-    def fit(self, ids: list[int], max_new: int) -> list[int]:
-        budget = self.settings.models.context_tokens - max_new
-        if budget < 16:
-            raise InvalidRequest(f"max_tokens {max_new} leaves no room for the prompt")
-        return ids[-budget:] if len(ids) > budget else ids  # keep the end: the question
-
-    async def stream(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        adapter: str | None = None,
-        result: Generation | None = None,
-    ) -> AsyncIterator[str]:
-        async for text, _ in self.stream_tokens(messages, params, adapter, result):
-            yield text
-
-    async def stream_tokens(
+    async def stream_tokens(  # type: ignore[override]
         self,
         prompt: Sequence[Message] | str,
         params: GenerationParams,
@@ -299,12 +352,7 @@ class LocalBackend:
             return
         if adapter is not None and adapter not in self._adapters:  # unloaded while queued
             raise NotFound(f"unknown adapter '{adapter}'")
-        raw = (
-            self.tokenizer.encode(prompt, add_special_tokens=False)
-            if isinstance(prompt, str)
-            else self.chat_prompt(prompt)
-        )
-        ids = self.fit(raw, params.max_tokens)
+        ids = self.prompt_ids(prompt, params.max_tokens)
         result.prompt_tokens = len(ids)
         seed = params.seed if params.seed is not None else time.time_ns() % 2**31
         gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,499 @@
+"""Continuous batching on llama.cpp: one model, one context, many sequences, LoRA adapters per request.
+
+A scheduler thread owns the llama.cpp context. Every step it admits waiting requests into free
+sequence slots — reusing the longest prefix a slot still holds in its KV cache (system prompt,
+conversation so far) — then decodes one batch for one adapter group: the next token of every
+running sequence plus chunks of new prompts, and samples each sequence natively. Nothing here
+knows asyncio; results leave through each request's `emit` callback.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# ggml prints every tensor it loads to stderr; keep only its warnings and errors (level 3 and 4 of ggml_log_level).
+_LOG_CB: Any = None
+
+
+def _quiet_llama(llama_cpp: Any) -> None:
+    global _LOG_CB
+    if _LOG_CB is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def _cb(level: int, text: bytes, _user: Any) -> None:
+        if level in (3, 4) and text:
+            log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    _LOG_CB = _cb
+    llama_cpp.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+
+
+def convert_weights(src: Path, dst: Path, ftype: str, threads: int) -> Path:
+    """Re-encode the GGUF once (e.g. Q4_1 → Q8_0, which prefills twice as fast on x86); atomic, race-safe."""
+    import llama_cpp
+
+    if dst.is_file():
+        return dst
+    kinds = {
+        "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+        "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+        "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    _quiet_llama(llama_cpp)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = kinds[ftype]
+    params.allow_requantize = True
+    params.nthread = threads
+    t0 = time.perf_counter()
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not re-encode {src.name} as {ftype} (code {rc})")
+    os.replace(tmp, dst)
+    log.info("re-encoded %s as %s in %.1f s", src.name, ftype, time.perf_counter() - t0)
+    return dst
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Finish:
+    """The last thing a request emits (unless it emits an exception)."""
+
+    reason: str  # "stop", "length", "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class EngineRequest:
+    """One generation. `emit` receives (text, token id) pieces, then one Finish or one exception."""
+
+    ids: list[int]
+    sampling: Sampling
+    adapter: str | None
+    emit: Callable[[Any], object]
+    stop_ids: frozenset[int] = frozenset()
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # Scheduler state, owned by the engine thread.
+    slot: Slot | None = None
+    adapter_key: int = 0
+    pending: list[int] = field(default_factory=list)
+    n_out: int = 0
+    cached: int = 0
+    sampler: Any = None
+    decoder: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class Slot:
+    """A llama.cpp sequence id and the tokens its KV cache holds (valid for one adapter)."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    adapter_key: int = 0
+    req: EngineRequest | None = None
+    last_used: float = 0.0
+
+
+@dataclass
+class _Adapter:
+    key: int
+    ptr: Any
+    users: int = 0
+    removed: bool = False
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class LlamaEngine:
+    """Thread-safe front: `submit`, `add_adapter`, `remove_adapter`; everything else runs on the engine thread."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        slots: int = 8,
+        context_tokens: int = 2048,
+        threads: int = 0,
+        batch_tokens: int = 512,
+        flash_attention: bool = True,
+    ) -> None:
+        self.model_path = model_path
+        self.n_slots = max(1, slots)
+        self.context_tokens = context_tokens
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.batch_tokens = batch_tokens
+        self.flash_attention = flash_attention
+        self._lib: Any = None
+        self.model: Any = None
+        self.ctx: Any = None
+        self.vocab: Any = None
+        self._mem: Any = None
+        self._batch: Any = None
+        self._slots = [Slot(seq=i) for i in range(self.n_slots)]
+        self._adapters: dict[str, _Adapter] = {}
+        self._retired: list[_Adapter] = []
+        self._keys = itertools.count(1)
+        self._inbox: deque[Any] = deque()
+        self._wake = threading.Condition()
+        self._waiting: deque[EngineRequest] = deque()
+        self._running: list[EngineRequest] = []
+        self._rr = 0  # round robin over adapter groups
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.stats = {"steps": 0, "batched_tokens": 0, "prefix_hits": 0, "prefix_tokens": 0}
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        import llama_cpp
+
+        self._lib = lib = llama_cpp
+        _quiet_llama(lib)
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        model = lib.llama_model_load_from_file(str(self.model_path).encode(), mparams)
+        if not model:
+            raise RuntimeError(f"llama.cpp could not load {self.model_path}")
+        self.model = model
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = self.context_tokens * self.n_slots
+        cparams.n_batch = self.batch_tokens
+        cparams.n_ubatch = self.batch_tokens
+        cparams.n_seq_max = self.n_slots
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.kv_unified = False  # each slot owns context_tokens cells: a long prompt cannot starve the others
+        cparams.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attention else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cparams.no_perf = True
+        ctx = lib.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        self.ctx = ctx
+        self.vocab = lib.llama_model_get_vocab(model)
+        self._mem = lib.llama_get_memory(ctx)
+        self._batch = lib.llama_batch_init(self.batch_tokens + self.n_slots, 0, 1)
+        self._thread = threading.Thread(target=self._loop, name="enclave-llama", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        lib = self._lib
+        if lib is None:
+            return
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx:
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        for a in [*self._adapters.values(), *self._retired]:
+            with contextlib.suppress(Exception):
+                lib.llama_adapter_lora_free(a.ptr)
+        self._adapters.clear()
+        if self.model:
+            lib.llama_model_free(self.model)
+            self.model = None
+
+    # -- the thread-safe front --------------------------------------------------------------------------
+    def submit(self, req: EngineRequest) -> EngineRequest:
+        self._post(("submit", req))
+        return req
+
+    def add_adapter(self, name: str, gguf_path: Path) -> None:
+        """Load a GGUF LoRA adapter (blocking); a loaded adapter of the same name is replaced."""
+        self._call("add", name, gguf_path)
+
+    def remove_adapter(self, name: str) -> None:
+        self._call("remove", name)
+
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def load(self) -> dict[str, int]:
+        """What the engine holds right now (for metrics and tests)."""
+        return {"running": len(self._running), "waiting": len(self._waiting) + len(self._inbox)}
+
+    def _post(self, item: Any) -> None:
+        with self._wake:
+            self._inbox.append(item)
+            self._wake.notify()
+
+    def _call(self, *command: Any) -> None:
+        done = threading.Event()
+        box: list[BaseException] = []
+        self._post(("call", command, done, box))
+        if not done.wait(120):
+            raise TimeoutError("the llama.cpp engine did not answer")
+        if box:
+            raise box[0]
+
+    # -- the engine thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._inbox and not self._running and not self._waiting and not self._stopping:
+                    self._wake.wait(0.5)
+                if self._stopping:
+                    break
+                inbox = list(self._inbox)
+                self._inbox.clear()
+            for item in inbox:
+                self._handle(item)
+            try:
+                self._step()
+            except Exception as exc:  # a failing decode fails the requests in flight, never the thread
+                log.exception("llama.cpp step failed")
+                for req in list(self._running):
+                    self._finish(req, exc)
+        for req in [*self._running, *self._waiting]:
+            self._finish(req, RuntimeError("the engine is shutting down"))
+
+    def _handle(self, item: Any) -> None:
+        if item[0] == "submit":
+            self._waiting.append(item[1])
+            return
+        _, command, done, box = item
+        try:
+            if command[0] == "add":
+                self._do_add(command[1], command[2])
+            else:
+                self._do_remove(command[1])
+        except BaseException as exc:
+            box.append(exc)
+        finally:
+            done.set()
+
+    def _do_add(self, name: str, path: Path) -> None:
+        ptr = self._lib.llama_adapter_lora_init(self.model, str(path).encode())
+        if not ptr:
+            raise ValueError(f"llama.cpp refused the adapter file {path.name} (wrong base model or corrupt)")
+        if name in self._adapters:
+            self._do_remove(name)
+        self._adapters[name] = _Adapter(key=next(self._keys), ptr=ptr)
+
+    def _do_remove(self, name: str) -> None:
+        adapter = self._adapters.pop(name, None)
+        if adapter is None:
+            return
+        adapter.removed = True
+        for slot in self._slots:  # its KV is worthless to anyone else
+            if slot.adapter_key == adapter.key and slot.req is None:
+                slot.tokens = []
+        self._retired.append(adapter)
+        self._free_retired()
+
+    def _free_retired(self) -> None:
+        for a in [a for a in self._retired if a.users == 0]:
+            self._retired.remove(a)
+            self._set_adapter(None)
+            self._lib.llama_adapter_lora_free(a.ptr)
+
+    def _set_adapter(self, adapter: _Adapter | None) -> None:
+        lib = self._lib
+        if adapter is None:
+            lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            arr = (lib.llama_adapter_lora_p_ctypes * 1)(adapter.ptr)
+            scales = (ctypes.c_float * 1)(1.0)
+            lib.llama_set_adapters_lora(self.ctx, arr, 1, scales)
+
+    def _admit(self) -> None:
+        while self._waiting:
+            free = [s for s in self._slots if s.req is None]
+            if not free:
+                return
+            req = self._waiting.popleft()
+            if req.cancelled.is_set():
+                self._emit_end(req, "cancelled")
+                continue
+            adapter = None
+            if req.adapter is not None:
+                adapter = self._adapters.get(req.adapter)
+                if adapter is None:
+                    self._emit(req, LookupError(f"unknown adapter '{req.adapter}'"))
+                    continue
+            key = adapter.key if adapter else 0
+            # The slot whose cache shares the longest prefix (same adapter), else the least recently used.
+            best = max(
+                free, key=lambda s: (common_prefix(s.tokens, req.ids) if s.adapter_key == key else -1, -s.last_used)
+            )
+            keep = common_prefix(best.tokens, req.ids) if best.adapter_key == key else 0
+            keep = min(keep, len(req.ids) - 1)  # at least one token must be fed to get logits
+            if not self._lib.llama_memory_seq_rm(self._mem, best.seq, keep, -1):
+                self._lib.llama_memory_seq_rm(self._mem, best.seq, -1, -1)
+                keep = 0
+            best.tokens = best.tokens[:keep]
+            best.adapter_key = key
+            best.req = req
+            req.slot = best
+            req.adapter_key = key
+            req.cached = keep
+            if keep:
+                self.stats["prefix_hits"] += 1
+                self.stats["prefix_tokens"] += keep
+            req.pending = list(req.ids[keep:])
+            req.sampler = self._sampler(req.sampling)
+            req.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            if adapter is not None:
+                adapter.users += 1
+            self._running.append(req)
+
+    def _sampler(self, s: Sampling) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if s.temperature <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        else:
+            if s.top_p < 1.0:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(s.temperature))
+            seed = s.seed if s.seed is not None else time.time_ns() % 2**31
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def _step(self) -> None:
+        for req in [r for r in self._running if r.cancelled.is_set()]:
+            self._finish(req, "cancelled")
+        self._admit()
+        if not self._running:
+            return
+        # One adapter group per step (llama.cpp applies adapters to a whole context), round robin between groups.
+        groups = sorted({r.adapter_key for r in self._running})
+        self._rr = (self._rr + 1) % len(groups)
+        key = groups[self._rr]
+        group = [r for r in self._running if r.adapter_key == key]
+        adapter = next((a for a in [*self._adapters.values(), *self._retired] if a.key == key), None)
+        self._set_adapter(adapter)
+
+        b = self._batch
+        n = 0
+        budget = self.batch_tokens
+        outputs: list[tuple[EngineRequest, int]] = []
+        # Decoding sequences first (one token each), then prompt chunks with what is left of the budget.
+        for req in sorted(group, key=lambda r: len(r.pending) > 1):
+            if budget <= 0:
+                break
+            take = req.pending[:budget] if len(req.pending) > 1 else req.pending
+            slot = req.slot
+            assert slot is not None
+            pos0 = len(slot.tokens)
+            for j, tok in enumerate(take):
+                b.token[n] = tok
+                b.pos[n] = pos0 + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = slot.seq
+                b.logits[n] = 0
+                n += 1
+            budget -= len(take)
+            slot.tokens.extend(take)
+            del req.pending[: len(take)]
+            if not req.pending:  # its last known token is in: sample the next one
+                b.logits[n - 1] = 1
+                outputs.append((req, n - 1))
+        b.n_tokens = n
+        rc = self._lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed (code {rc})")
+        self.stats["steps"] += 1
+        self.stats["batched_tokens"] += n
+        for req, i in outputs:
+            self._sample(req, i)
+
+    def _sample(self, req: EngineRequest, i: int) -> None:
+        lib = self._lib
+        tok = int(lib.llama_sampler_sample(req.sampler, self.ctx, i))
+        if tok in req.stop_ids or lib.llama_vocab_is_eog(self.vocab, tok):
+            self._finish(req, "stop")
+            return
+        req.n_out += 1
+        buf = ctypes.create_string_buffer(64)
+        size = lib.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+        if size < 0:
+            buf = ctypes.create_string_buffer(-size)
+            size = lib.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+        text = req.decoder.decode(buf.raw[:size])
+        self._emit(req, (text, tok))
+        if req.n_out >= req.sampling.max_tokens:
+            self._finish(req, "length")
+            return
+        req.pending = [tok]
+
+    def _emit(self, req: EngineRequest, item: Any) -> None:
+        """Hand an item to the request's consumer; a consumer that is gone cancels its request, never the engine."""
+        try:
+            req.emit(item)
+        except Exception:
+            log.debug("a consumer went away; cancelling its request", exc_info=True)
+            req.cancelled.set()
+
+    def _emit_end(self, req: EngineRequest, reason: str) -> None:
+        self._emit(req, Finish(reason, len(req.ids), req.n_out, req.cached))
+
+    def _finish(self, req: EngineRequest, outcome: str | BaseException) -> None:
+        if req in self._running:
+            self._running.remove(req)
+        if req.sampler is not None:
+            self._lib.llama_sampler_free(req.sampler)
+            req.sampler = None
+        slot = req.slot
+        if slot is not None:
+            slot.req = None
+            slot.last_used = time.monotonic()
+            if isinstance(outcome, BaseException):  # the cache may hold a half-written batch
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                slot.tokens = []
+            req.slot = None
+        if req.adapter_key:
+            for a in [*self._adapters.values(), *self._retired]:
+                if a.key == req.adapter_key:
+                    a.users -= 1
+            self._free_retired()
+        if isinstance(outcome, BaseException):
+            self._emit(req, outcome)
+        else:
+            if req.decoder is not None:
+                tail = req.decoder.decode(b"", final=True)
+                if tail:
+                    self._emit(req, (tail, -1))
+            self._emit_end(req, outcome)

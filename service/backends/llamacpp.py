@@ -1,0 +1,173 @@
+"""The in-process backend on llama.cpp: many requests decode together, adapters per request.
+
+The shipped Q4_1 GGUF is re-encoded once as Q8_0 into the model cache (prefill runs twice as fast
+on x86, and Q8_0 holds Q4_1's values almost exactly); peft adapters are converted once to GGUF
+LoRA files beside their weights. Generation runs on `LlamaEngine`'s thread; this class is the
+asyncio face of it and applies stop strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine, Sampling, convert_weights
+from service.backends.local import PromptTools, StopMatcher, converted_model_dir, file_sha256, load_tokenizer
+from service.errors import BackendUnavailable, NotFound
+from service.protocols import Generation, GenerationParams, Message
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+def engine_weights(settings: Settings) -> tuple[Path, Path]:
+    """(the shipped GGUF, the file the engine runs): the re-encoded copy, made on first use."""
+    gguf, _ = converted_model_dir(settings)
+    fmt = settings.models.engine_format
+    if fmt == "original":
+        return gguf, gguf
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    target = settings.model_cache_path / f"{gguf.stem}-{key}.{fmt}.gguf"
+    return gguf, convert_weights(gguf, target, fmt, settings.models.threads or (os.cpu_count() or 1))
+
+
+class LlamaCppBackend(PromptTools):
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: LlamaEngine | None = None
+        self.base_gguf: Path | None = None
+        self.model_dir: Path | None = None  # no transformers conversion on this path
+        self._base_sha: str | None = None
+        self._stop_ids: set[int] = set()
+        self._adapter_lock = threading.Lock()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        m = self.settings.models
+        self.base_gguf, weights = engine_weights(self.settings)
+        self._init_tokenizer(load_tokenizer(self.settings))
+        self._base_sha = file_sha256(self.base_gguf)
+        engine = LlamaEngine(
+            weights,
+            slots=m.parallel,
+            context_tokens=m.context_tokens,
+            threads=m.threads,
+            batch_tokens=m.batch_tokens,
+            flash_attention=m.flash_attention,
+        )
+        engine.start()
+        self.engine = engine
+        log.info(
+            "llama.cpp engine: %s, %d slots of %d tokens, %d threads",
+            weights.name,
+            engine.n_slots,
+            engine.context_tokens,
+            engine.threads,
+        )
+
+    async def aload(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    @property
+    def base_sha256(self) -> str | None:
+        return self._base_sha
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+    async def health(self) -> bool:
+        return self.engine is not None
+
+    def list_adapters(self) -> list[str]:
+        return self.engine.adapters() if self.engine else []
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def _add_adapter(self, name: str, path: Path) -> None:
+        from adapters.gguf_lora import ensure_gguf_adapter
+
+        if self.engine is None or self.base_gguf is None:
+            raise BackendUnavailable("the model is still loading")
+        with self._adapter_lock:  # two loads of one folder must not convert it at the same time
+            gguf = ensure_gguf_adapter(path, self.base_gguf)
+        self.engine.add_adapter(name, gguf)
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        await asyncio.to_thread(self._add_adapter, name, path)
+
+    async def remove_adapter(self, name: str) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.remove_adapter, name)
+
+    # -- generation ---------------------------------------------------------------------------------
+    async def stream_tokens(  # type: ignore[override]
+        self,
+        prompt: Sequence[Message] | str,
+        params: GenerationParams,
+        adapter: str | None = None,
+        result: Generation | None = None,
+    ) -> AsyncIterator[tuple[str, int]]:
+        """(text, last token id) pieces for chat messages or a raw, already templated prompt."""
+        engine = self.engine
+        if engine is None:
+            raise BackendUnavailable("the model is still loading")
+        if adapter is not None and adapter not in engine.adapters():
+            raise NotFound(f"unknown adapter '{adapter}'")
+        result = result if result is not None else Generation()
+        ids = self.prompt_ids(prompt, params.max_tokens)
+        result.prompt_tokens = len(ids)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        req = EngineRequest(
+            ids=ids,
+            sampling=Sampling(params.max_tokens, params.temperature, params.top_p, params.seed),
+            adapter=adapter,
+            emit=lambda item: loop.is_closed() or loop.call_soon_threadsafe(queue.put_nowait, item),
+            stop_ids=frozenset(self._stop_ids),
+        )
+        engine.submit(req)
+        matcher = StopMatcher(params.stop)
+        text, sent, last = "", 0, -1
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Finish):
+                    finished = True
+                    result.completion_tokens = item.completion_tokens
+                    result.finish_reason = item.reason  # type: ignore[assignment]
+                    break
+                if isinstance(item, LookupError):
+                    raise NotFound(str(item.args[0]))
+                if isinstance(item, BaseException):
+                    raise BackendUnavailable(f"generation failed: {item}") from item
+                piece, tok = item
+                last = tok if tok >= 0 else last
+                text += piece
+                result.completion_tokens += 1 if tok >= 0 else 0
+                safe, hit = matcher.split(text)
+                if len(safe) > sent:
+                    yield safe[sent:], last
+                    sent = len(safe)
+                if hit:
+                    finished = True
+                    result.finish_reason = "stop"
+                    return
+            # The held-back tail never became a stop string: release it.
+            if len(text) > sent:
+                yield text[sent:], last
+        finally:
+            req.cancel()
+            if not finished:
+                result.finish_reason = "cancelled"
