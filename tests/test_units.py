@@ -135,3 +135,28 @@ def test_router_explains_its_choice() -> None:
     assert router.decide(ChatRequest(message="q", route="base"), docs, []).kind == "base"
     forced = router.decide(ChatRequest(message="q", adapter="hr"), docs, ["hr"])
     assert (forced.kind, forced.adapter) == ("adapter", "hr")
+
+
+def test_engine_slot_policy_keeps_valuable_caches() -> None:
+    from pathlib import Path
+
+    from service.backends.llama_engine import MIN_PREFIX_REUSE, LlamaEngine
+
+    engine = LlamaEngine(Path("unused.gguf"), slots=3)  # not started: the policy needs no model
+    rag, pirate, empty = engine._slots
+    system = list(range(100, 100 + 2 * MIN_PREFIX_REUSE))
+    rag.tokens, rag.last_used = [1, 2, 3, *system, 7, 8], 5.0
+    pirate.tokens, pirate.last_used = [1, 2, 3, 42, 43], 9.0
+    # A long shared prefix wins: the slot keeps it.
+    slot, keep = engine._pick_slot(engine._slots, [1, 2, 3, *system, 9], key=0)
+    assert slot is rag and keep == 3 + len(system)
+    # Three template tokens in common are not worth evicting a cache for: the empty slot is taken.
+    slot, keep = engine._pick_slot(engine._slots, [1, 2, 3, 50, 51], key=0)
+    assert slot is empty and keep == 0
+    # With no empty slot, the least recently used one is evicted.
+    empty.tokens, empty.last_used = [4, 5], 7.0
+    slot, _ = engine._pick_slot(engine._slots, [1, 2, 3, 50, 51], key=0)
+    assert slot is rag
+    # A cache made with another adapter is never reused.
+    slot, keep = engine._pick_slot(engine._slots, [1, 2, 3, *system, 9], key=1)
+    assert keep == 0

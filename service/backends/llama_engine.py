@@ -131,6 +131,10 @@ class _Adapter:
     removed: bool = False
 
 
+# A cached prefix shorter than this (a chat template's first tokens) does not decide which slot a request takes.
+MIN_PREFIX_REUSE = 32
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -354,11 +358,7 @@ class LlamaEngine:
                     self._emit(req, LookupError(f"unknown adapter '{req.adapter}'"))
                     continue
             key = adapter.key if adapter else 0
-            # The slot whose cache shares the longest prefix (same adapter), else the least recently used.
-            best = max(
-                free, key=lambda s: (common_prefix(s.tokens, req.ids) if s.adapter_key == key else -1, -s.last_used)
-            )
-            keep = common_prefix(best.tokens, req.ids) if best.adapter_key == key else 0
+            best, keep = self._pick_slot(free, req.ids, key)
             keep = min(keep, len(req.ids) - 1)  # at least one token must be fed to get logits
             if not self._lib.llama_memory_seq_rm(self._mem, best.seq, keep, -1):
                 self._lib.llama_memory_seq_rm(self._mem, best.seq, -1, -1)
@@ -378,6 +378,19 @@ class LlamaEngine:
             if adapter is not None:
                 adapter.users += 1
             self._running.append(req)
+
+    def _pick_slot(self, free: list[Slot], ids: list[int], key: int) -> tuple[Slot, int]:
+        """The free slot to run `ids` in, and how many of its cached tokens it keeps.
+
+        A slot whose cache shares a real prefix (system prompt, conversation) is reused; a match of a few
+        chat-template tokens is not worth evicting another slot's cache for, so then an empty slot, or else
+        the least recently used one, is taken.
+        """
+        matches = [(common_prefix(s.tokens, ids) if s.adapter_key == key else 0, s) for s in free]
+        best_len, best = max(matches, key=lambda m: (m[0], -m[1].last_used))
+        if best_len < MIN_PREFIX_REUSE:
+            best_len, best = min(matches, key=lambda m: (len(m[1].tokens) > 0, m[1].last_used))
+        return best, best_len
 
     def _sampler(self, s: Sampling) -> Any:
         lib = self._lib

@@ -83,6 +83,12 @@ class LlamaCppBackend(PromptTools):
     def base_sha256(self) -> str | None:
         return self._base_sha
 
+    @property
+    def dtype(self) -> str:
+        """The weights the engine runs (the model server's /info reports it)."""
+        fmt = self.settings.models.engine_format
+        return "q4_1" if fmt == "original" else fmt
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()

@@ -202,7 +202,8 @@ class PromptTools:
         result: Generation | None = None,
     ) -> AsyncIterator[str]:
         # aclosing: a client that stops reading cancels the generation now, not when the generator is collected.
-        async with contextlib.aclosing(self.stream_tokens(messages, params, adapter, result)) as tokens:
+        tokens: Any = self.stream_tokens(messages, params, adapter, result)
+        async with contextlib.aclosing(tokens):
             async for text, _ in tokens:
                 yield text
 

@@ -1,0 +1,41 @@
+"""`bench.inference --quick` runs end to end on the real small model and writes the JSON the README quotes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.inference import main
+from tests.conftest import MODEL_CACHE
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCLAVE_MODELS__CACHE_DIR", str(MODEL_CACHE))
+    out = tmp_path / "inference.json"
+    result = main(["--quick", "--streams", "1,2", "--tokens", "8", "--questions", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["settings"]["quick"] is True
+    single = data["single_stream"]
+    assert set(single) >= {"ours", "llama_q4_1", "llama_q8_0"}
+    for row in ("ours", "llama_q4_1", "llama_q8_0"):
+        assert single[row]["decode_tokens_per_s"] > 0 and single[row]["tokens"][0] > 0
+    levels = data["concurrency"]["levels"]
+    assert [r["streams"] for r in levels] == [1, 2]
+    for r in levels:
+        for meth in ("ours", "llama_sequential", "raw_batched"):
+            assert r[meth]["tokens_per_s"] > 0
+        assert r["ours_over_raw_batched"] > 0
+    ttft = data["rag_ttft"]["methods"]
+    assert set(ttft) == {"ours_served", "ours_cold", "llama_q4_1_fresh", "llama_q8_0_fresh", "llama_q8_0_prefix_kept"}
+    assert all(m["ttft_p50_ms"] > 0 and m["prompt_tokens_mean"] > 100 for m in ttft.values())
+    bound = data["bandwidth_bound"]
+    assert bound["bandwidth"]["best_gb_s"] > 0
+    assert set(bound["files"]) == {"Q4_1", "Q8_0"}
+    assert all(f["embedding_tied_to_output"] for f in bound["files"].values())  # SmolLM2 has no output.weight
+    assert data["machine"]["cpu_count"] and data["machine"]["llama_cpp_python"]
+    assert set(data["sections"]) == {"single_stream", "concurrency", "rag_ttft", "bandwidth_bound"}
+    assert result["seconds"] == data["seconds"]
