@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,10 +52,10 @@ def ask(text: str) -> list[Message]:
     return [SYSTEM, Message(role="user", content=text)]
 
 
-async def collect(b: Any, messages: list[Message], **params: Any) -> tuple[str, Generation]:
+async def collect(b: Any, messages: list[Message], adapter: str | None = None, **params: Any) -> tuple[str, Generation]:
     result = Generation()
     p = GenerationParams(**{"max_tokens": 24, "temperature": 0.0, **params})
-    text = "".join([piece async for piece in b.stream(messages, p, None, result)])
+    text = "".join([piece async for piece in b.stream(messages, p, adapter, result)])
     return text, result
 
 
@@ -177,3 +178,30 @@ async def test_cancel_while_waiting_for_a_slot(llama: Any) -> None:
     await asyncio.gather(*busy)
     await asyncio.sleep(0.1)
     assert llama.engine.load() == {"running": 0, "waiting": 0}
+
+
+async def test_adapter_and_base_requests_in_flight_together(llama: Any, tmp_path: Path) -> None:
+    from tests.test_gguf_lora import synthetic_tensors, write_adapter
+
+    # A random LoRA on the attention of the first layers: strong enough to change every answer.
+    folder = write_adapter(tmp_path / "strong", {k: v * 0.1 for k, v in synthetic_tensors(seed=3).items()})
+    await llama.add_adapter("strong", folder)
+    assert "strong" in llama.list_adapters()
+    prompts = [ask(q) for q in QUESTIONS[:3]]
+    base_alone = [(await collect(llama, p))[0] for p in prompts]
+    adapter_alone = [(await collect(llama, p, "strong"))[0] for p in prompts]
+    assert all(a != b for a, b in zip(base_alone, adapter_alone, strict=True))
+    # Interleaved: base and adapter requests run at the same time; each is answered by its own weights.
+    mixed = await asyncio.gather(*(collect(llama, p, adapter) for p in prompts for adapter in (None, "strong")))
+    for i in range(len(prompts)):
+        assert mixed[2 * i][0][:12] == base_alone[i][:12]
+        assert mixed[2 * i + 1][0][:12] == adapter_alone[i][:12]
+    # Unloading while an answer streams: that answer completes, the next request is refused.
+    running = asyncio.ensure_future(collect(llama, prompts[0], "strong", max_tokens=40))
+    await asyncio.sleep(0.2)
+    await llama.remove_adapter("strong")
+    text, r = await running
+    assert text and r.finish_reason in ("stop", "length")
+    with pytest.raises(NotFound):
+        await collect(llama, prompts[0], "strong")
+    assert (await collect(llama, prompts[0]))[0] == base_alone[0]
