@@ -3,7 +3,7 @@
 One run, four sections, each printed as a table and written to `bench/results/inference.json`:
 
 1. single-stream decode tokens/s (greedy, a prompt that makes the model write at length): our backend vs
-   llama-cpp-python's `Llama` on the shipped Q4_1 file and on the Q8_0 file the engine runs;
+   llama-cpp-python's `Llama` on the shipped Q4_1 file and on the file the engine runs (bf16 or Q8_0);
 2. aggregate tokens/s at 1, 4 and 8 concurrent streams (distinct prompts): our backend vs `Llama` serving
    them one after another (a single-sequence API, as its server does) and vs a raw batched-decode loop on
    llama.cpp's low-level API with the engine's context parameters and no scheduler (what ours costs);
@@ -573,12 +573,12 @@ async def single_section(
         }
 
     out: dict[str, Any] = {k: summary(v) for k, v in runs.items()}
-    same = [_common_prefix(a.ids, b.ids) for a, b in zip(runs["ours"], runs["llama_q8_0"], strict=True)]
-    out["greedy_tokens_identical_to_llama_q8_0"] = same
+    same = [_common_prefix(a.ids, b.ids) for a, b in zip(runs["ours"], runs["llama_engine_weights"], strict=True)]
+    out["greedy_tokens_identical_to_llama_engine_weights"] = same
     labels = {
         "ours": f"ours ({args.fmt})",
         "llama_q4_1": "Llama Q4_1 (shipped)",
-        "llama_q8_0": f"Llama {args.fmt} (ours' weights)",
+        "llama_engine_weights": f"Llama {args.fmt} (ours' weights)",
     }
     table = Table(title=f"1. single-stream greedy decode, {args.tokens} tokens, median of {args.repeats}")
     for col in (
@@ -728,13 +728,13 @@ async def ttft_section(
     backend = _load_backend(settings)
     stop_ids = set(backend._stop_ids)
     llms = {k: _llama(p, args.threads_used) for k, p in files.items()}
-    kept = _llama(files["llama_q8_0"], args.threads_used)  # keeps its KV between prompts, like its server
+    kept = _llama(files["llama_engine_weights"], args.threads_used)  # keeps its KV between prompts, like its server
     engine = backend.engine
     results: dict[str, list[Run]] = {
         "ours_served": [],
         "ours_cold": [],
         **{f"{k}_fresh": [] for k in llms},
-        "llama_q8_0_prefix_kept": [],
+        "llama_engine_weights_prefix_kept": [],
     }
     chunks = sample_chunks(settings)
 
@@ -771,7 +771,7 @@ async def ttft_section(
             await ours_timed("ours_served", msgs)
             for k, llm in llms.items():
                 results[f"{k}_fresh"].append(llama_run(llm, ids, 1, stops[k]))
-            results["llama_q8_0_prefix_kept"].append(llama_run(kept, ids, 1, stop_kept, fresh=False))
+            results["llama_engine_weights_prefix_kept"].append(llama_run(kept, ids, 1, stop_kept, fresh=False))
         # Cold in a second pass: the engine puts a request in the free slot with the longest common prefix, even a
         # template-only one, so a cold request between two served ones would evict the cached system prompt.
         for msgs in prompts:
@@ -788,8 +788,8 @@ async def ttft_section(
         "ours_served": "ours, as served (prefix cache)",
         "ours_cold": "ours, cold (unique system prompt)",
         "llama_q4_1_fresh": "Llama Q4_1, fresh (reset)",
-        "llama_q8_0_fresh": f"Llama {args.fmt}, fresh (reset)",
-        "llama_q8_0_prefix_kept": f"Llama {args.fmt}, previous prompt kept",
+        "llama_engine_weights_fresh": f"Llama {args.fmt}, fresh (reset)",
+        "llama_engine_weights_prefix_kept": f"Llama {args.fmt}, previous prompt kept",
     }
     out: dict[str, Any] = {}
     table = Table(
@@ -900,14 +900,14 @@ def bandwidth_section(
 
 
 async def _bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from service.backends.llamacpp import engine_weights
+    from service.backends.llamacpp import engine_format, engine_weights
 
     parallel = max(Settings().models.parallel, max(args.stream_levels))
     settings = _settings(args, parallel)
     shipped, engine_file = engine_weights(settings)
-    files = {"llama_q4_1": shipped, "llama_q8_0": engine_file}
-    # The JSON keys say q8_0 (the default); the tables name what the engine really runs.
-    args.fmt = "Q4_1" if settings.models.engine_format == "original" else settings.models.engine_format.upper()
+    files = {"llama_q4_1": shipped, "llama_engine_weights": engine_file}
+    # "llama_engine_weights": llama.cpp on the very file the engine runs (bf16 or Q8_0, as this CPU calls for).
+    args.fmt = "Q4_1" if engine_format(settings) == "original" else engine_format(settings).upper()
     prompts = itertools.count()
     busy: dict[str, Any] = {}
     snap = _cpu_snapshot()
@@ -925,7 +925,7 @@ async def _bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "engine": {
             "weights": str(engine_file),
             "shipped": str(shipped),
-            "format": m.engine_format,
+            "format": engine_format(settings),
             "parallel": m.parallel,
             "context_tokens": m.context_tokens,
             "batch_tokens": m.batch_tokens,

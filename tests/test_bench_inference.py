@@ -20,8 +20,8 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
     data = json.loads(out.read_text())
     assert data["settings"]["quick"] is True
     single = data["single_stream"]
-    assert set(single) >= {"ours", "llama_q4_1", "llama_q8_0"}
-    for row in ("ours", "llama_q4_1", "llama_q8_0"):
+    assert set(single) >= {"ours", "llama_q4_1", "llama_engine_weights"}
+    for row in ("ours", "llama_q4_1", "llama_engine_weights"):
         assert single[row]["decode_tokens_per_s"] > 0 and single[row]["tokens"][0] > 0
     levels = data["concurrency"]["levels"]
     assert [r["streams"] for r in levels] == [1, 2]
@@ -30,7 +30,13 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
             assert r[meth]["tokens_per_s"] > 0
         assert r["ours_over_raw_batched"] > 0
     ttft = data["rag_ttft"]["methods"]
-    assert set(ttft) == {"ours_served", "ours_cold", "llama_q4_1_fresh", "llama_q8_0_fresh", "llama_q8_0_prefix_kept"}
+    assert set(ttft) == {
+        "ours_served",
+        "ours_cold",
+        "llama_q4_1_fresh",
+        "llama_engine_weights_fresh",
+        "llama_engine_weights_prefix_kept",
+    }
     assert all(m["ttft_p50_ms"] > 0 and m["prompt_tokens_mean"] > 100 for m in ttft.values())
     bound = data["bandwidth_bound"]
     assert bound["bandwidth"]["best_gb_s"] > 0
