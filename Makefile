@@ -50,6 +50,8 @@ pydocs:
 bench: setup pydocs
 	$(BIN)/python -m bench.moderation
 	$(BIN)/python -m bench.retrieval
+	$(BIN)/python -m bench.search_scale
+	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.load
 
 # Helm, kubernetes-validate and checkov live in their own venv (checkov pins much of the world);
