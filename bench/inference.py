@@ -36,6 +36,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.machine import cpu_model
 from service.protocols import Chunk, Generation, GenerationParams, Message
 from service.settings import Settings, offline_environment
 
@@ -111,16 +112,6 @@ def _r(x: float, nd: int = 1) -> float | None:
     return None if x != x else round(x, nd)  # NaN → null in the JSON
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _version(pkg: str) -> str | None:
     try:
         return importlib.metadata.version(pkg)
@@ -132,7 +123,7 @@ def machine_info() -> dict[str, Any]:
     import llama_cpp
 
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(),

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.machine import cpu_model
 from service.protocols import Principal
 from service.settings import Settings, offline_environment
 
@@ -230,16 +231,6 @@ def recall(kb: Any, queries: list[str], depths: list[int]) -> dict[str, Any]:
         "distinct_texts": len(set(docs)),
         "vectors": len(ids),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
