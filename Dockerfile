@@ -14,6 +14,8 @@
 #   LLAMA_CMAKE_ARGS: how llama.cpp is compiled. The default targets x86-64-v3 (AVX2, FMA, F16C),
 #                    which every x86 server of the last decade runs; on nodes with AVX-512 add
 #                    -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON (faster prefill).
+#                    Keep -DGGML_OPENMP=OFF: ggml's own thread pool keeps batched decoding fast
+#                    when the process holds more than one llama.cpp context.
 
 # ---------------------------------------------------------------------------------------------
 # builder: compilers and pip live here only; the result is the virtualenv in /opt/venv.
@@ -21,7 +23,7 @@ FROM python:3.11-slim-bookworm AS builder
 
 ARG PYPI_INDEX_URL
 ARG TORCH_INDEX_URL
-ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF"
+ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

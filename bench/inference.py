@@ -270,36 +270,28 @@ class RawBatched:
     """
 
     def __init__(
-        self, path: Path, *, slots: int, context_tokens: int, threads: int, batch_tokens: int, flash_attention: bool
+        self,
+        path: Path,
+        *,
+        slots: int,
+        context_tokens: int,
+        threads: int,
+        batch_tokens: int,
+        flash_attention: bool,
+        unified_kv: bool,
     ) -> None:
-        import llama_cpp
+        from service.backends.llama_engine import open_context
 
-        from service.backends.llama_engine import _quiet_llama
-
-        self.lib: Any = llama_cpp
-        lib = self.lib
-        _quiet_llama(llama_cpp)  # ggml lists every tensor it loads otherwise
-        lib.llama_backend_init()
-        mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise RuntimeError(f"llama.cpp could not load {path}")
-        cparams = lib.llama_context_default_params()
-        cparams.n_ctx = context_tokens * slots
-        cparams.n_batch = batch_tokens
-        cparams.n_ubatch = batch_tokens
-        cparams.n_seq_max = slots
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.kv_unified = False
-        cparams.flash_attn_type = (
-            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.lib, self.model, self.ctx = open_context(
+            path,
+            slots=slots,
+            context_tokens=context_tokens,
+            threads=threads,
+            batch_tokens=batch_tokens,
+            flash_attention=flash_attention,
+            unified_kv=unified_kv,
         )
-        cparams.no_perf = True
-        self.ctx = lib.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            raise RuntimeError("llama.cpp could not create a context")
+        lib = self.lib
         self.slots = slots
         self.batch_tokens = batch_tokens
         self.vocab = lib.llama_model_get_vocab(self.model)
@@ -622,6 +614,7 @@ async def concurrency_section(
         threads=args.threads_used,
         batch_tokens=m.batch_tokens,
         flash_attention=m.flash_attention,
+        unified_kv=m.unified_kv,
     )
     rows: list[dict[str, Any]] = []
     try:
@@ -921,6 +914,7 @@ async def _bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "context_tokens": m.context_tokens,
             "batch_tokens": m.batch_tokens,
             "flash_attention": m.flash_attention,
+            "unified_kv": m.unified_kv,
             "threads": args.threads_used,
         },
         "single_stream": single,

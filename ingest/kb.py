@@ -34,7 +34,22 @@ HNSW = {"hnsw:space": "cosine", "hnsw:M": 32, "hnsw:construction_ef": 200}
 # the collection: its chunk count is rechecked at most this often, because Chroma counts by scanning.
 RECOUNT_S = 1.0
 _WORD = re.compile(r"[A-Za-z0-9_]+")
+# Rows per `get` when reading a whole collection: one `get` of ~100k rows overflows SQLite's bound variables.
+PAGE = 5_000
 Mode = Literal["dense", "bm25", "hybrid"]
+
+
+def get_all(col: Any, include: list[str], page: int = PAGE) -> dict[str, list[Any]]:
+    """Every row of a Chroma collection (ids plus `include`), read a page at a time, in storage order."""
+    out: dict[str, list[Any]] = {"ids": [], **{k: [] for k in include}}
+    offset = 0
+    while True:
+        got = col.get(include=include, limit=page, offset=offset)
+        for key in out:
+            out[key] += got[key] or []
+        if len(got["ids"]) < page:
+            return out
+        offset += page
 
 
 def tokenize(text: str) -> list[str]:
@@ -238,7 +253,7 @@ class KnowledgeBase:
     # -- documents ------------------------------------------------------------------------------
     def list_documents(self, collection: str) -> list[dict[str, Any]]:
         col = self._collection(collection)
-        metas = col.get(include=["metadatas"])["metadatas"] or []
+        metas = get_all(col, ["metadatas"])["metadatas"]
         docs: dict[str, dict[str, Any]] = {}
         for m in metas:
             d = docs.setdefault(
@@ -281,7 +296,7 @@ class KnowledgeBase:
             self._changed(collection)
 
     def iter_chunks(self, collection: str) -> Iterable[dict[str, Any]]:
-        got = self._collection(collection).get(include=["metadatas", "documents"])
+        got = get_all(self._collection(collection), ["metadatas", "documents"])
         rows = sorted(
             zip(got["ids"], got["metadatas"], got["documents"], strict=True),
             key=lambda r: (str(r[1]["uri"]), int(r[1]["chunk_index"])),
@@ -407,7 +422,7 @@ class KnowledgeBase:
             return cached.index
         count = col.count()
         if cached is None or (cached.version, cached.count) != (version, count):
-            got = col.get(include=["documents"])
+            got = get_all(col, ["documents"])
             cached = _BM25Cached(version, count, _BM25Index(list(got["ids"]), list(got["documents"])), now)
             self._bm25[collection] = cached
         cached.counted_at = now

@@ -52,6 +52,12 @@ class ModelSettings(BaseModel):
         512, description="llama.cpp engine: tokens per decode step (prompt chunks plus one per running sequence)."
     )
     flash_attention: bool = Field(True, description="llama.cpp engine: flash attention (faster prefill on CPU).")
+    unified_kv: bool = Field(
+        True,
+        description="llama.cpp engine: one KV cache shared by all sequences, so any set of them decodes in one pass "
+        "with prompt chunks alongside; false gives each sequence its own, which llama.cpp can batch only for "
+        "consecutive sequence ids.",
+    )
     threads: int = Field(0, description="CPU threads for generation; 0: one per core.")
     context_tokens: int = Field(2048, description="Prompt plus answer must fit in this many tokens.")
     max_tokens: int = Field(256, description="Default answer length limit in tokens.")

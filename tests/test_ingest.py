@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from websockets.sync.client import connect
 
@@ -219,3 +220,36 @@ def test_http_knowledge_base_and_rag_over_websocket(live_server: Server, corpus:
 
     assert httpx.delete(f"{live_server.url}/v1/collections/policies/documents/{docs[0]['id']}").status_code == 204
     assert len(live_server.get("/v1/collections/policies/documents").json()["data"]) == 1
+
+
+def test_whole_collection_reads_page_past_sqlite_variable_limit(tmp_path: Path) -> None:
+    """33,000 chunks: one unpaged `get` with metadatas fails in Chroma with 'too many SQL variables' (32,766)."""
+    kb = KnowledgeBase.from_settings(Settings(data_dir=str(tmp_path)))  # type: ignore[call-arg]
+    # A sparse HNSW graph: building the real one for 33k vectors takes minutes and is not what is tested here.
+    col = kb.client.create_collection("big", metadata={"hnsw:space": "cosine", "hnsw:M": 4, "hnsw:construction_ef": 8})
+    n, per_doc = 33_000, 100
+    vectors = np.random.default_rng(0).standard_normal((n, kb.embedder.dimension), dtype=np.float32)
+    for start in range(0, n, 5_000):
+        rows = range(start, min(n, start + 5_000))
+        col.add(
+            ids=[f"c{i}" for i in rows],
+            embeddings=vectors[rows.start : rows.stop],
+            documents=[f"chunk {i} word{i % 50}" for i in rows],
+            metadatas=[
+                {
+                    "doc_id": f"d{i // per_doc}",
+                    "title": f"Doc {i // per_doc}",
+                    "uri": f"file:///docs/{i // per_doc:05d}.md",
+                    "content_hash": f"h{i // per_doc}",
+                    "chunk_index": i % per_doc,
+                }
+                for i in rows
+            ],
+        )
+    docs = kb.list_documents("big")
+    assert len(docs) == n // per_doc and {d["chunks"] for d in docs} == {per_doc}
+    assert [c["id"] for c in kb.iter_chunks("big")][:3] == ["c0", "c1", "c2"]
+    assert sum(1 for _ in kb.iter_chunks("big")) == n
+    hits = kb.search("word7", "big", ANYONE, k=3, mode="bm25")
+    assert hits and all(h.text.endswith("word7") for h in hits)
+    assert kb.list_collections() == [{"name": "big", "documents": n // per_doc, "chunks": n}]

@@ -3,8 +3,12 @@
 A scheduler thread owns the llama.cpp context. Every step it admits waiting requests into free
 sequence slots — reusing the longest prefix a slot still holds in its KV cache (system prompt,
 conversation so far) — then decodes one batch for one adapter group: the next token of every
-running sequence plus chunks of new prompts, and samples each sequence natively. Nothing here
-knows asyncio; results leave through each request's `emit` callback.
+running sequence plus chunks of new prompts, and samples every sequence from one read of the logits.
+Nothing here knows asyncio; results leave through each request's `emit` callback.
+
+Every ctypes call gives up the GIL and must win it back from the thread that serves the clients, which
+can take a whole switch interval (5 ms) when that thread is busy: so a step makes two calls
+(`llama_decode`, `llama_get_logits`), samples in NumPy and caches each token's text.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def _quiet_llama(llama_cpp: Any) -> None:
 
     @llama_cpp.llama_log_callback
     def _cb(level: int, text: bytes, _user: Any) -> None:
-        if level in (3, 4) and text:
+        # "n_ctx_seq > n_ctx_train": a shared KV cache spans all slots, but no sequence may outgrow its own share.
+        if level in (3, 4) and text and b"n_ctx_seq" not in text:
             log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
     _LOG_CB = _cb
@@ -71,12 +76,91 @@ def convert_weights(src: Path, dst: Path, ftype: str, threads: int) -> Path:
     return dst
 
 
+def open_context(
+    model_path: Path,
+    *,
+    slots: int,
+    context_tokens: int,
+    threads: int,
+    batch_tokens: int,
+    flash_attention: bool,
+    unified_kv: bool = True,
+) -> tuple[Any, Any, Any]:
+    """(llama_cpp module, model, context) on the CPU: `slots` sequences of `context_tokens` each.
+
+    With a unified KV cache llama.cpp decodes any mix of sequences and prompt chunks in one pass. With one
+    cache per sequence it splits a batch into passes of consecutive sequence ids (`split_equal`): decoding
+    sequences 0, 2, 4 and 6 then costs two full passes over the weights instead of one. The engine never
+    lets one sequence hold more than `context_tokens`, so the shared cache cannot run out.
+    """
+    import llama_cpp as lib
+
+    _quiet_llama(lib)
+    lib.llama_backend_init()
+    mparams = lib.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    model = lib.llama_model_load_from_file(str(model_path).encode(), mparams)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {model_path}")
+    cparams = lib.llama_context_default_params()
+    cparams.n_ctx = context_tokens * slots
+    cparams.n_batch = batch_tokens
+    cparams.n_ubatch = batch_tokens
+    cparams.n_seq_max = slots
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.kv_unified = unified_kv
+    cparams.flash_attn_type = (
+        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    cparams.no_perf = True
+    ctx = lib.llama_init_from_model(model, cparams)
+    if not ctx:
+        lib.llama_model_free(model)
+        raise RuntimeError("llama.cpp could not create a context")
+    return lib, model, ctx
+
+
 @dataclass
 class Sampling:
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+
+
+# Tokens this much less likely than the best one (e^-27 ≈ 2e-12; under 1e-7 together) are never drawn.
+_NEGLIGIBLE_LOGIT = 27.0
+
+
+class TokenSampler:
+    """Greedy (the first highest logit, as llama.cpp's greedy sampler) or temperature + top-p with a seed."""
+
+    def __init__(self, s: Sampling) -> None:
+        import numpy as np
+
+        self.greedy = s.temperature <= 0
+        self.temperature = s.temperature
+        self.top_p = s.top_p
+        self.rng = np.random.default_rng(s.seed if s.seed is not None else time.time_ns())
+
+    def sample(self, logits: Any) -> int:
+        import numpy as np
+
+        if self.greedy:
+            return int(np.argmax(logits))
+        z = logits / np.float32(self.temperature)
+        best = z.max()
+        cand = np.flatnonzero(z > best - _NEGLIGIBLE_LOGIT)
+        p = np.exp(z[cand] - best, dtype=np.float64)
+        order = np.argsort(-p, kind="stable")
+        cand, p = cand[order], p[order]
+        cum = np.cumsum(p)
+        if self.top_p < 1.0:  # the smallest head whose mass reaches top_p
+            keep = int(np.searchsorted(cum, self.top_p * cum[-1])) + 1
+            cand, cum = cand[:keep], cum[:keep]
+        pick = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
+        return int(cand[min(pick, len(cand) - 1)])
 
 
 @dataclass
@@ -101,15 +185,20 @@ class EngineRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Scheduler state, owned by the engine thread.
     slot: Slot | None = None
-    adapter_key: int = 0
+    lora: _Adapter | None = None  # the loaded adapter it runs with (kept alive until it finishes)
     pending: list[int] = field(default_factory=list)
     n_out: int = 0
     cached: int = 0
-    sampler: Any = None
+    sampler: TokenSampler | None = None
     decoder: Any = None
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    @property
+    def adapter_key(self) -> int:
+        """Which KV caches it may share and which requests it may batch with: 0 for the base model."""
+        return self.lora.key if self.lora is not None else 0
 
 
 @dataclass
@@ -128,7 +217,6 @@ class _Adapter:
     key: int
     ptr: Any
     users: int = 0
-    removed: bool = False
 
 
 # A cached prefix shorter than this (a chat template's first tokens) does not decide which slot a request takes.
@@ -155,6 +243,7 @@ class LlamaEngine:
         threads: int = 0,
         batch_tokens: int = 512,
         flash_attention: bool = True,
+        unified_kv: bool = True,
     ) -> None:
         self.model_path = model_path
         self.n_slots = max(1, slots)
@@ -162,6 +251,7 @@ class LlamaEngine:
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.batch_tokens = batch_tokens
         self.flash_attention = flash_attention
+        self.unified_kv = unified_kv
         self._lib: Any = None
         self.model: Any = None
         self.ctx: Any = None
@@ -177,40 +267,26 @@ class LlamaEngine:
         self._waiting: deque[EngineRequest] = deque()
         self._running: list[EngineRequest] = []
         self._rr = 0  # round robin over adapter groups
+        self._applied: _Adapter | None = None  # the adapter set on the context now
+        self._pieces: dict[int, tuple[bytes, bool]] = {}  # token → (its bytes, ends generation)
+        self._n_vocab = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.stats = {"steps": 0, "batched_tokens": 0, "prefix_hits": 0, "prefix_tokens": 0}
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        import llama_cpp
-
-        self._lib = lib = llama_cpp
-        _quiet_llama(lib)
-        lib.llama_backend_init()
-        mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        model = lib.llama_model_load_from_file(str(self.model_path).encode(), mparams)
-        if not model:
-            raise RuntimeError(f"llama.cpp could not load {self.model_path}")
-        self.model = model
-        cparams = lib.llama_context_default_params()
-        cparams.n_ctx = self.context_tokens * self.n_slots
-        cparams.n_batch = self.batch_tokens
-        cparams.n_ubatch = self.batch_tokens
-        cparams.n_seq_max = self.n_slots
-        cparams.n_threads = self.threads
-        cparams.n_threads_batch = self.threads
-        cparams.kv_unified = False  # each slot owns context_tokens cells: a long prompt cannot starve the others
-        cparams.flash_attn_type = (
-            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attention else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._lib, self.model, self.ctx = lib, model, ctx = open_context(
+            self.model_path,
+            slots=self.n_slots,
+            context_tokens=self.context_tokens,
+            threads=self.threads,
+            batch_tokens=self.batch_tokens,
+            flash_attention=self.flash_attention,
+            unified_kv=self.unified_kv,
         )
-        cparams.no_perf = True
-        ctx = lib.llama_init_from_model(model, cparams)
-        if not ctx:
-            raise RuntimeError("llama.cpp could not create a context")
-        self.ctx = ctx
         self.vocab = lib.llama_model_get_vocab(model)
+        self._n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self._mem = lib.llama_get_memory(ctx)
         self._batch = lib.llama_batch_init(self.batch_tokens + self.n_slots, 0, 1)
         self._thread = threading.Thread(target=self._loop, name="enclave-llama", daemon=True)
@@ -320,7 +396,6 @@ class LlamaEngine:
         adapter = self._adapters.pop(name, None)
         if adapter is None:
             return
-        adapter.removed = True
         for slot in self._slots:  # its KV is worthless to anyone else
             if slot.adapter_key == adapter.key and slot.req is None:
                 slot.tokens = []
@@ -334,6 +409,9 @@ class LlamaEngine:
             self._lib.llama_adapter_lora_free(a.ptr)
 
     def _set_adapter(self, adapter: _Adapter | None) -> None:
+        if adapter is self._applied:
+            return
+        self._applied = adapter
         lib = self._lib
         if adapter is None:
             lib.llama_set_adapters_lora(self.ctx, None, 0, None)
@@ -367,13 +445,13 @@ class LlamaEngine:
             best.adapter_key = key
             best.req = req
             req.slot = best
-            req.adapter_key = key
+            req.lora = adapter
             req.cached = keep
             if keep:
                 self.stats["prefix_hits"] += 1
                 self.stats["prefix_tokens"] += keep
             req.pending = list(req.ids[keep:])
-            req.sampler = self._sampler(req.sampling)
+            req.sampler = TokenSampler(req.sampling)
             req.decoder = codecs.getincrementaldecoder("utf-8")("replace")
             if adapter is not None:
                 adapter.users += 1
@@ -392,19 +470,6 @@ class LlamaEngine:
             best_len, best = min(matches, key=lambda m: (len(m[1].tokens) > 0, m[1].last_used))
         return best, best_len
 
-    def _sampler(self, s: Sampling) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if s.temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        else:
-            if s.top_p < 1.0:
-                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(s.top_p, 1))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(s.temperature))
-            seed = s.seed if s.seed is not None else time.time_ns() % 2**31
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
-
     def _step(self) -> None:
         for req in [r for r in self._running if r.cancelled.is_set()]:
             self._finish(req, "cancelled")
@@ -416,15 +481,14 @@ class LlamaEngine:
         self._rr = (self._rr + 1) % len(groups)
         key = groups[self._rr]
         group = [r for r in self._running if r.adapter_key == key]
-        adapter = next((a for a in [*self._adapters.values(), *self._retired] if a.key == key), None)
-        self._set_adapter(adapter)
+        self._set_adapter(group[0].lora)
 
         b = self._batch
         n = 0
         budget = self.batch_tokens
         outputs: list[tuple[EngineRequest, int]] = []
         # Decoding sequences first (one token each), then prompt chunks with what is left of the budget.
-        for req in sorted(group, key=lambda r: len(r.pending) > 1):
+        for req in sorted(group, key=lambda r: (len(r.pending) > 1, r.slot.seq if r.slot else 0)):
             if budget <= 0:
                 break
             take = req.pending[:budget] if len(req.pending) > 1 else req.pending
@@ -450,22 +514,35 @@ class LlamaEngine:
             raise RuntimeError(f"llama_decode failed (code {rc})")
         self.stats["steps"] += 1
         self.stats["batched_tokens"] += n
-        for req, i in outputs:
-            self._sample(req, i)
+        if not outputs:
+            return
+        import numpy as np
 
-    def _sample(self, req: EngineRequest, i: int) -> None:
-        lib = self._lib
-        tok = int(lib.llama_sampler_sample(req.sampler, self.ctx, i))
-        if tok in req.stop_ids or lib.llama_vocab_is_eog(self.vocab, tok):
+        # The rows of the tokens marked for logits, in batch order: one call for all of them.
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ctx), shape=(len(outputs), self._n_vocab))
+        for row, (req, _i) in enumerate(outputs):
+            assert req.sampler is not None
+            self._take(req, req.sampler.sample(logits[row]))
+
+    def _piece(self, tok: int) -> tuple[bytes, bool]:
+        cached = self._pieces.get(tok)
+        if cached is None:
+            lib = self._lib
+            buf = ctypes.create_string_buffer(64)
+            size = lib.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+            if size < 0:
+                buf = ctypes.create_string_buffer(-size)
+                size = lib.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+            cached = self._pieces[tok] = (buf.raw[:size], bool(lib.llama_vocab_is_eog(self.vocab, tok)))
+        return cached
+
+    def _take(self, req: EngineRequest, tok: int) -> None:
+        piece, eog = self._piece(tok)
+        if eog or tok in req.stop_ids:
             self._finish(req, "stop")
             return
         req.n_out += 1
-        buf = ctypes.create_string_buffer(64)
-        size = lib.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
-        if size < 0:
-            buf = ctypes.create_string_buffer(-size)
-            size = lib.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
-        text = req.decoder.decode(buf.raw[:size])
+        text = req.decoder.decode(piece)
         self._emit(req, (text, tok))
         if req.n_out >= req.sampling.max_tokens:
             self._finish(req, "length")
@@ -486,9 +563,7 @@ class LlamaEngine:
     def _finish(self, req: EngineRequest, outcome: str | BaseException) -> None:
         if req in self._running:
             self._running.remove(req)
-        if req.sampler is not None:
-            self._lib.llama_sampler_free(req.sampler)
-            req.sampler = None
+        req.sampler = None
         slot = req.slot
         if slot is not None:
             slot.req = None
@@ -497,10 +572,8 @@ class LlamaEngine:
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 slot.tokens = []
             req.slot = None
-        if req.adapter_key:
-            for a in [*self._adapters.values(), *self._retired]:
-                if a.key == req.adapter_key:
-                    a.users -= 1
+        if req.lora is not None:
+            req.lora.users -= 1
             self._free_retired()
         if isinstance(outcome, BaseException):
             self._emit(req, outcome)

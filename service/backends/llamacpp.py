@@ -29,6 +29,37 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
+class _Mailbox:
+    """Hands the engine thread's items to asyncio queues on one loop, with one wake-up per burst.
+
+    A step yields a token for each running request; waking the loop once per token would cost the engine
+    thread a GIL hand-over (the loop's self-pipe write) for each of them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue[Any], Any]] = []
+
+    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if len(self._items) > 1:  # a wake-up is already on its way
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: nobody is listening, so the engine cancels the request
+            with self._lock:
+                self._items.clear()
+            raise
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether llama.cpp multiplies bf16 natively here: compiled in (AVX512-BF16, AMX, Arm BF16) and on this CPU.
 
@@ -82,6 +113,7 @@ class LlamaCppBackend(PromptTools):
         self._base_sha: str | None = None
         self._stop_ids: set[int] = set()
         self._adapter_lock = threading.Lock()
+        self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
 
     # -- life cycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -96,6 +128,7 @@ class LlamaCppBackend(PromptTools):
             threads=m.threads,
             batch_tokens=m.batch_tokens,
             flash_attention=m.flash_attention,
+            unified_kv=m.unified_kv,
         )
         engine.start()
         self.engine = engine
@@ -165,12 +198,16 @@ class LlamaCppBackend(PromptTools):
         ids = self.prompt_ids(prompt, params.max_tokens)
         result.prompt_tokens = len(ids)
         loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            self._mailboxes = {lp: mb for lp, mb in self._mailboxes.items() if not lp.is_closed()}
+            mailbox = self._mailboxes[loop] = _Mailbox(loop)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         req = EngineRequest(
             ids=ids,
             sampling=Sampling(params.max_tokens, params.temperature, params.top_p, params.seed),
             adapter=adapter,
-            emit=lambda item: loop.is_closed() or loop.call_soon_threadsafe(queue.put_nowait, item),
+            emit=lambda item: mailbox.post(queue, item),
             stop_ids=frozenset(self._stop_ids),
         )
         engine.submit(req)

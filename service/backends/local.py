@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -82,16 +83,21 @@ def load_model(settings: Settings) -> tuple[Any, Any, Path]:
         log.info("converting %s once into %s", gguf.name, cache)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tmp = cache.with_name(cache.name + ".tmp")
+        import shutil
+
+        # A folder of this process's own: two processes converting at once never write into the same one.
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf)}))
-        if cache.exists():  # another process won the race
-            import shutil
-
+        try:
+            tmp.rename(cache)  # atomic; fails if another process's conversion is already in place
+        except OSError:
+            if not (cache / "config.json").is_file():
+                raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.rename(cache)
     model.eval()
     return tokenizer, model, cache
 
@@ -132,8 +138,10 @@ def build_local_backend(settings: Settings) -> TransformersBackend | Any:
     if engine == "auto":
         engine = "llama_cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
         if engine == "transformers":
-            log.warning("llama-cpp-python is not installed: generating with transformers, one request at a time "
-                        "(pip install 'enclave[fast]' for continuous batching)")
+            log.warning(
+                "llama-cpp-python is not installed: generating with transformers, one request at a time "
+                "(pip install 'enclave[fast]' for continuous batching)"
+            )
     if engine == "llama_cpp":
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendUnavailable("models.engine=llama_cpp needs llama-cpp-python: pip install 'enclave[fast]'")
