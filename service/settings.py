@@ -53,10 +53,10 @@ class ModelSettings(BaseModel):
     )
     flash_attention: bool = Field(True, description="llama.cpp engine: flash attention (faster prefill on CPU).")
     unified_kv: bool = Field(
-        True,
-        description="llama.cpp engine: one KV cache shared by all sequences, so any set of them decodes in one pass "
-        "with prompt chunks alongside; false gives each sequence its own, which llama.cpp can batch only for "
-        "consecutive sequence ids.",
+        False,
+        description="llama.cpp engine: one KV cache shared by all sequences (every query then scans every cached "
+        "token, idle slots' too) instead of one per sequence (the engine keeps running sequences on consecutive "
+        "slots, which llama.cpp needs to batch them in one pass).",
     )
     threads: int = Field(0, description="CPU threads for generation; 0: one per core.")
     context_tokens: int = Field(2048, description="Prompt plus answer must fit in this many tokens.")

@@ -207,3 +207,72 @@ async def test_adapter_and_base_requests_in_flight_together(llama: Any, tmp_path
     with pytest.raises(NotFound):
         await collect(llama, prompts[0], "strong")
     assert (await collect(llama, prompts[0]))[0][:12] == base_alone[0][:12]
+
+
+def test_moving_a_sequence_to_another_slot_keeps_its_cache_exactly() -> None:
+    """The engine's compaction copies a sequence's per-sequence cache to another slot: same logits, bit for bit."""
+    import numpy as np
+
+    from service.backends.llama_engine import open_context
+    from service.backends.llamacpp import engine_weights
+
+    _, weights = engine_weights(settings_for("llama_cpp"))
+    lib, model, ctx = open_context(
+        weights, slots=4, context_tokens=256, threads=2, batch_tokens=64, flash_attention=True, unified_kv=False
+    )
+    mem, batch = lib.llama_get_memory(ctx), lib.llama_batch_init(64, 0, 1)
+    n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+    prompt = list(range(1000, 1040))
+
+    def decode(seq: int, tokens: list[int], pos0: int) -> Any:
+        for i, tok in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos0 + i, 1, 0
+            batch.seq_id[i][0] = seq
+        batch.logits[len(tokens) - 1] = 1
+        batch.n_tokens = len(tokens)
+        assert lib.llama_decode(ctx, batch) == 0
+        return np.ctypeslib.as_array(lib.llama_get_logits(ctx), shape=(1, n_vocab))[0].copy()
+
+    try:
+        decode(3, prompt, 0)
+        before = decode(3, [42], len(prompt))
+        lib.llama_memory_seq_rm(mem, 3, len(prompt), -1)
+        lib.llama_memory_seq_cp(mem, 3, 1, -1, -1)
+        lib.llama_memory_seq_rm(mem, 3, -1, -1)
+        after = decode(1, [42], len(prompt))
+        assert np.array_equal(before, after)
+        assert lib.llama_memory_seq_pos_max(mem, 3) == -1  # the old slot is empty
+    finally:
+        lib.llama_batch_free(batch)
+        lib.llama_free(ctx)
+        lib.llama_model_free(model)
+
+
+async def test_running_answers_are_kept_on_consecutive_slots(llama: Any) -> None:
+    """Short answers finishing between long ones leave gaps; the engine closes them so one pass serves all."""
+    fresh = build_local_backend(settings_for("llama_cpp", parallel=4))  # empty slots: answers take 0, 1, 2, 3
+    fresh.load()
+    engine = fresh.engine
+    seen: list[list[int]] = []  # the running slots of every step, as its batch is built
+    real_compact = engine._compact
+
+    def watched_compact() -> None:
+        real_compact()
+        seen.append(sorted(s.seq for s in engine._slots if s.req is not None))
+
+    questions = ["Write a long story about a fox.", "Hi.", "Write a long story about a ship.", "Hello."]
+    lengths = [40, 2, 40, 2]
+    alone = [(await collect(llama, ask(q), max_tokens=n))[0] for q, n in zip(questions, lengths, strict=True)]
+    moves0 = engine.stats["moves"]
+    engine._compact = watched_compact
+    try:
+        together = await asyncio.gather(
+            *(collect(fresh, ask(q), max_tokens=n) for q, n in zip(questions, lengths, strict=True))
+        )
+    finally:
+        fresh.close()
+    assert any(len(b) == 4 for b in seen) and any(len(b) == 2 for b in seen), seen
+    assert all(b == list(range(b[0], b[0] + len(b))) for b in seen), seen
+    assert engine.stats["moves"] > moves0
+    for a, (b, r) in zip(alone, together, strict=True):
+        assert a[:12] == b[:12] and r.completion_tokens > 0
