@@ -57,6 +57,7 @@ pydocs:
 # Benchmarks: each prints a table and writes JSON to bench/results/.
 bench: setup pydocs
 	$(BIN)/python -m bench.moderation
+	$(BIN)/python -m bench.embedding
 	$(BIN)/python -m bench.retrieval
 	$(BIN)/python -m bench.search_scale
 	$(BIN)/python -m bench.inference

@@ -20,9 +20,10 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
     data = json.loads(out.read_text())
     assert data["settings"]["quick"] is True
     single = data["single_stream"]
-    assert set(single) >= {"ours", "llama_q4_1", "llama_engine_weights"}
-    for row in ("ours", "llama_q4_1", "llama_engine_weights"):
+    assert set(single) >= {"ours", "ours_q4_1", "llama_q4_1", "llama_engine_weights"}
+    for row in ("ours", "ours_q4_1", "llama_q4_1", "llama_engine_weights"):
         assert single[row]["decode_tokens_per_s"] > 0 and single[row]["tokens"][0] > 0
+    assert single["ours_q4_1"]["over_llama_q4_1_decode"] > 0
     levels = data["concurrency"]["levels"]
     assert [r["streams"] for r in levels] == [1, 2]
     for r in levels:
