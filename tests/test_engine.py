@@ -276,3 +276,20 @@ async def test_running_answers_are_kept_on_consecutive_slots(llama: Any) -> None
     assert engine.stats["moves"] > moves0
     for a, (b, r) in zip(alone, together, strict=True):
         assert a[:12] == b[:12] and r.completion_tokens > 0
+
+
+async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any) -> None:
+    """`models.unified_kv`: one cache for all slots, no ordering to keep; answers match the per-slot engine's."""
+    unified = build_local_backend(settings_for("llama_cpp", parallel=4, unified_kv=True))
+    unified.load()
+    try:
+        assert unified.engine.unified_kv and not llama.engine.unified_kv
+        alone = [(await collect(llama, ask(q)))[0] for q in QUESTIONS[:4]]
+        steps0 = unified.engine.stats["steps"]
+        together = await asyncio.gather(*(collect(unified, ask(q)) for q in QUESTIONS[:4]))
+        assert unified.engine.stats["steps"] - steps0 < 24 * 2  # batched: far fewer steps than 4 × 24 tokens
+        assert unified.engine.stats["moves"] == 0
+        for a, (b, r) in zip(alone, together, strict=True):
+            assert a[:12] == b[:12] and r.completion_tokens > 0
+    finally:
+        unified.close()
