@@ -8,6 +8,7 @@ changed ones and drops deleted ones. Search fuses dense and BM25 rankings by rec
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -34,6 +35,9 @@ HNSW = {"hnsw:space": "cosine", "hnsw:M": 32, "hnsw:construction_ef": 200}
 # the collection: its chunk count is rechecked at most this often, because Chroma counts by scanning.
 RECOUNT_S = 1.0
 _WORD = re.compile(r"[A-Za-z0-9_]+")
+# Collection metadata naming the embedding runtime that wrote its vectors (collections made before it lack it).
+EMBEDDING_KEY = "enclave_embedding"
+log = logging.getLogger(__name__)
 # Rows per `get` when reading a whole collection: one `get` of ~100k rows overflows SQLite's bound variables.
 PAGE = 5_000
 Mode = Literal["dense", "bm25", "hybrid"]
@@ -180,6 +184,7 @@ class KnowledgeBase:
     ) -> None:
         self.client = client
         self.embedder = embedder
+        self._runtime_warned: set[str] = set()
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
         self.max_query = max_query
@@ -229,10 +234,31 @@ class KnowledgeBase:
     def _collection(self, name: str, create: bool = False) -> Any:
         self.check_collection(name)
         if create:
-            return self.client.get_or_create_collection(name, metadata=HNSW)
-        if name not in self.collection_names():
-            raise NotFound(f"unknown collection '{name}'")
-        return self.client.get_collection(name)
+            # Chroma keeps the metadata of an existing collection: the runtime recorded is the one that made it.
+            col = self.client.get_or_create_collection(name, metadata={**HNSW, EMBEDDING_KEY: self.embedding_runtime})
+        else:
+            if name not in self.collection_names():
+                raise NotFound(f"unknown collection '{name}'")
+            col = self.client.get_collection(name)
+        self._check_runtime(name, col)
+        return col
+
+    @property
+    def embedding_runtime(self) -> str:
+        return f"all-MiniLM-L6-v2/{self.embedder.backend}"
+
+    def _check_runtime(self, name: str, col: Any) -> None:
+        """Say once per collection when its vectors came from another embedding runtime than this one's."""
+        made_by = (col.metadata or {}).get(EMBEDDING_KEY)
+        if made_by and made_by != self.embedding_runtime and name not in self._runtime_warned:
+            self._runtime_warned.add(name)
+            log.warning(
+                "collection '%s' was embedded with %s; this server embeds with %s (cosine ~0.997 between them): "
+                "re-ingest it, or set rag.embedding.backend to match, for exact scores",
+                name,
+                made_by,
+                self.embedding_runtime,
+            )
 
     def list_collections(self) -> list[dict[str, Any]]:
         out = []

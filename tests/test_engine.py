@@ -152,8 +152,12 @@ async def test_a_shared_prefix_comes_from_the_kv_cache(llama: Any) -> None:
     assert llama.engine.stats["prefix_tokens"] - cached0 >= r.prompt_tokens - 1  # all but the last prompt token
     assert warm[:16] == cold[:16]
     # A follow-up in the same conversation reuses the system prompt and the first turn.
-    follow = [system, Message(role="user", content="What is ACME?"), Message(role="assistant", content=cold),
-              Message(role="user", content="And who runs it?")]
+    follow = [
+        system,
+        Message(role="user", content="What is ACME?"),
+        Message(role="assistant", content=cold),
+        Message(role="user", content="And who runs it?"),
+    ]
     cached1 = llama.engine.stats["prefix_tokens"]
     await collect(llama, follow)
     assert llama.engine.stats["prefix_tokens"] - cached1 > 100

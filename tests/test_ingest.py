@@ -253,3 +253,29 @@ def test_whole_collection_reads_page_past_sqlite_variable_limit(tmp_path: Path) 
     hits = kb.search("word7", "big", ANYONE, k=3, mode="bm25")
     assert hits and all(h.text.endswith("word7") for h in hits)
     assert kb.list_collections() == [{"name": "big", "documents": n // per_doc, "chunks": n}]
+
+
+def test_a_collection_records_the_embedding_runtime_that_wrote_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ingest.kb import EMBEDDING_KEY
+    from tests.conftest import MODEL_CACHE
+
+    def kb_with(backend: str) -> KnowledgeBase:
+        return KnowledgeBase.from_settings(
+            Settings(  # type: ignore[call-arg]
+                data_dir=str(tmp_path), models={"cache_dir": str(MODEL_CACHE)}, rag={"embedding": {"backend": backend}}
+            )
+        )
+
+    writer = kb_with("onnx-int8")
+    writer.ingest_bytes("file:///menu.md", b"# Menu\n\nThe cafeteria serves lentil soup on Mondays.", "runtime")
+    assert writer._collection("runtime").metadata[EMBEDDING_KEY] == "all-MiniLM-L6-v2/onnx-int8"
+    reader = kb_with("onnx")
+    with caplog.at_level("WARNING", logger="ingest.kb"):
+        assert writer.search("lentil soup", "runtime", ANYONE, k=1)
+        assert not [r for r in caplog.records if "re-ingest" in r.message]
+        for _ in range(2):
+            assert reader.search("lentil soup", "runtime", ANYONE, k=1)  # still answers, with a warning once
+    warned = [r.getMessage() for r in caplog.records if "re-ingest" in r.getMessage()]
+    assert len(warned) == 1 and "onnx-int8" in warned[0] and "all-MiniLM-L6-v2/onnx" in warned[0]
