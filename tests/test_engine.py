@@ -297,3 +297,46 @@ async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any) -> No
             assert a[:12] == b[:12] and r.completion_tokens > 0
     finally:
         unified.close()
+
+
+async def test_each_adapter_group_is_kept_on_consecutive_slots(llama: Any, tmp_path: Path) -> None:
+    """Base and adapter answers interleaved: each group starts at its own end and closes its own gaps."""
+    from tests.test_gguf_lora import synthetic_tensors, write_adapter
+
+    folder = write_adapter(tmp_path / "grouped", {k: v * 0.1 for k, v in synthetic_tensors(seed=5).items()})
+    plan = [
+        (None, "Write a long story about a fox.", 40),
+        ("grouped", "Write a long story about a ship.", 40),
+        (None, "Hi.", 2),
+        ("grouped", "Tell me about the sea.", 40),
+        (None, "Write a poem about rain.", 40),
+    ]
+    await llama.add_adapter("grouped", folder)
+    alone = [(await collect(llama, ask(q), adapter, max_tokens=n))[0] for adapter, q, n in plan]
+    fresh = build_local_backend(settings_for("llama_cpp", parallel=6))
+    fresh.load()
+    engine = fresh.engine
+    seen: list[dict[int, list[int]]] = []  # per step, as its batch is built: each group's running slots
+    real_compact = engine._compact
+
+    def watched_compact() -> None:
+        real_compact()
+        groups: dict[int, list[int]] = {}
+        for s in engine._slots:
+            if s.req is not None:
+                groups.setdefault(s.adapter_key, []).append(s.seq)
+        seen.append(groups)
+
+    engine._compact = watched_compact
+    try:
+        await fresh.add_adapter("grouped", folder)
+        together = await asyncio.gather(*(collect(fresh, ask(q), adapter, max_tokens=n) for adapter, q, n in plan))
+    finally:
+        fresh.close()
+    assert any(len(g) == 2 for g in seen), seen  # base and adapter answers were in flight together
+    for groups in seen:
+        for seqs in groups.values():
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seen
+    assert engine.stats["moves"] >= 1  # the short base answer left a gap inside its group
+    for a, (b, r) in zip(alone, together, strict=True):
+        assert a[:12] == b[:12] and r.completion_tokens > 0

@@ -464,12 +464,18 @@ class LlamaEngine:
         A slot whose cache shares a real prefix (system prompt, conversation) is reused, the one that loses the
         least of its cache beyond the match first; a match of a few chat-template tokens is not worth evicting
         another slot's cache for, so then an empty slot, or else the least recently used one, is taken. Among
-        equals, the slot next to the running ones wins, so that no move is needed (see `_compact`).
+        equals, the slot next to the running answers of the same adapter wins (a group with none running
+        starts as far as it can from the others), so that each group stays batchable without a move.
         """
-        busy = [s.seq for s in self._slots if s.req is not None]
+        own = [s.seq for s in self._slots if s.req is not None and s.adapter_key == key]
+        others = [s.seq for s in self._slots if s.req is not None and s.adapter_key != key]
 
         def distance(slot: Slot) -> int:
-            return min((abs(slot.seq - b) for b in busy), default=slot.seq)
+            if own:
+                return min(abs(slot.seq - b) for b in own)
+            if others:
+                return -min(abs(slot.seq - b) for b in others)
+            return slot.seq
 
         matches = [(common_prefix(s.tokens, ids) if s.adapter_key == key else 0, s) for s in free]
         best_len, best = max(matches, key=lambda m: (m[0], m[0] - len(m[1].tokens), -distance(m[1]), -m[1].last_used))
@@ -478,23 +484,34 @@ class LlamaEngine:
         return best, best_len
 
     def _compact(self) -> None:
-        """Make the running sequences consecutive, moving the fewest of them (per-sequence caches only).
+        """Give each adapter group's running sequences consecutive slots, moving few (per-sequence caches only).
 
         llama.cpp batches sequences with per-sequence caches only in runs of consecutive ids: answers running
         in slots 0, 3 and 5 would cost three passes over the weights each step. Moving a sequence copies its
         slot's cache buffers (~47 MB for 2,048 tokens, a few ms) once; the extra pass is saved every step.
+        A group moves only into free slots; when none fits, it takes more than one pass until one does.
         """
         if self.unified_kv:
             return
-        busy = {s.seq for s in self._slots if s.req is not None}
-        k = len(busy)
-        if k < 2 or max(busy) - min(busy) + 1 == k:
+        groups: dict[int, set[int]] = {}
+        for slot in self._slots:
+            if slot.req is not None:
+                groups.setdefault(slot.adapter_key, set()).add(slot.seq)
+        if all(max(g) - min(g) + 1 == len(g) for g in groups.values()):
             return
-        start = max(range(self.n_slots - k + 1), key=lambda a: (len(busy & set(range(a, a + k))), -a))
-        window = set(range(start, start + k))
-        holes = sorted(window - busy)
-        for src, dst in zip(sorted(busy - window, reverse=True), holes, strict=True):
-            self._move(self._slots[src], self._slots[dst])
+        placed: set[int] = set()
+        for key in sorted(groups, key=lambda k: (-len(groups[k]), k)):  # the largest group loses most to a split
+            seqs = {s.seq for s in self._slots if s.req is not None and s.adapter_key == key}
+            others = {s.seq for s in self._slots if s.req is not None} - seqs
+            k = len(seqs)
+            windows = [set(range(a, a + k)) for a in range(self.n_slots - k + 1)]
+            windows = [w for w in windows if not w & (others | placed)]
+            if not windows:
+                continue
+            window = max(windows, key=lambda w: len(w & seqs))  # the first of the best: fewest moves
+            for src, dst in zip(sorted(seqs - window, reverse=True), sorted(window - seqs), strict=True):
+                self._move(self._slots[src], self._slots[dst])
+            placed |= window
 
     def _move(self, src: Slot, dst: Slot) -> None:
         lib, mem = self._lib, self._mem
