@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 # ggml prints every tensor it loads to stderr; keep only its warnings and errors (level 3 and 4 of ggml_log_level).
@@ -138,16 +140,12 @@ class TokenSampler:
     """Greedy (the first highest logit, as llama.cpp's greedy sampler) or temperature + top-p with a seed."""
 
     def __init__(self, s: Sampling) -> None:
-        import numpy as np
-
         self.greedy = s.temperature <= 0
         self.temperature = s.temperature
         self.top_p = s.top_p
         self.rng = np.random.default_rng(s.seed if s.seed is not None else time.time_ns())
 
     def sample(self, logits: Any) -> int:
-        import numpy as np
-
         if self.greedy:
             return int(np.argmax(logits))
         z = logits / np.float32(self.temperature)
@@ -501,8 +499,8 @@ class LlamaEngine:
             return
         placed: set[int] = set()
         for key in sorted(groups, key=lambda k: (-len(groups[k]), k)):  # the largest group loses most to a split
-            seqs = {s.seq for s in self._slots if s.req is not None and s.adapter_key == key}
-            others = {s.seq for s in self._slots if s.req is not None} - seqs
+            seqs = groups[key]  # unchanged so far: earlier groups moved only into free slots
+            others = {s.seq for s in self._slots if s.req is not None} - seqs  # where earlier groups are now
             k = len(seqs)
             windows = [set(range(a, a + k)) for a in range(self.n_slots - k + 1)]
             windows = [w for w in windows if not w & (others | placed)]
@@ -541,7 +539,7 @@ class LlamaEngine:
         b = self._batch
         n = 0
         budget = self.batch_tokens
-        outputs: list[tuple[EngineRequest, int]] = []
+        outputs: list[EngineRequest] = []  # in batch order, as llama.cpp lays out their logits
         # Decoding sequences first (one token each), then prompt chunks with what is left of the budget.
         for req in sorted(group, key=lambda r: (len(r.pending) > 1, r.slot.seq if r.slot else 0)):
             if budget <= 0:
@@ -562,7 +560,7 @@ class LlamaEngine:
             del req.pending[: len(take)]
             if not req.pending:  # its last known token is in: sample the next one
                 b.logits[n - 1] = 1
-                outputs.append((req, n - 1))
+                outputs.append(req)
         b.n_tokens = n
         rc = self._lib.llama_decode(self.ctx, b)
         if rc != 0:
@@ -571,11 +569,9 @@ class LlamaEngine:
         self.stats["batched_tokens"] += n
         if not outputs:
             return
-        import numpy as np
-
         # The rows of the tokens marked for logits, in batch order: one call for all of them.
         logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ctx), shape=(len(outputs), self._n_vocab))
-        for row, (req, _i) in enumerate(outputs):
+        for row, req in enumerate(outputs):
             assert req.sampler is not None
             self._take(req, req.sampler.sample(logits[row]))
 
