@@ -12,8 +12,10 @@ export ANONYMIZED_TELEMETRY := False
 # llama.cpp contexts in one process (or any other OpenMP team) throttle every barrier of every step.
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF
-# pip's own wheel cache ignores CMAKE_ARGS, so the wheel is kept under a name that includes them.
-LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE)' | sha256sum | cut -c1-12)
+# pip's own wheel cache ignores CMAKE_ARGS, so the wheel is kept under a name that includes them, and the
+# CPU's instruction sets: it is compiled for this CPU, and an AVX-512 build dies of SIGILL on an AVX2 machine.
+CPU_FLAGS := $(shell grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || uname -m)
+LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE) $(CPU_FLAGS)' | sha256sum | cut -c1-12)
 
 .PHONY: setup run test test-fast test-deploy check bench pydocs browser deploy-tools clean
 
