@@ -27,10 +27,12 @@ from service.settings import Settings
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
 RRF_K = 60
 # Chroma's HNSW for new collections. Its defaults (M 16, ef_construction 100) lose chunks once a collection
-# holds many identical ones (boilerplate repeated across documents): at 100k chunks with 7% duplicates,
-# recall@10 against exact search fell to 0.93 (0.69 as Enclave ingests, document by document); with M 32
-# and ef_construction 200 it is 0.99, for ~30% slower inserts and ~0.2 ms more per query.
-HNSW = {"hnsw:space": "cosine", "hnsw:M": 32, "hnsw:construction_ef": 200}
+# holds many identical or near-identical ones (boilerplate repeated across documents, generated reference
+# pages): at 100k chunks with 7% duplicates, recall@10 against exact search fell to 0.93. Measured on those
+# 100k chunks, added document by document (bench/search_scale.py's corpus): M 32 / ef_construction 200 gave
+# 0.967 with int8 vectors, M 48 gave 0.984 (~17% slower inserts, no slower queries), M 64 with
+# ef_construction 400 no better (0.985) at twice the build time.
+HNSW = {"hnsw:space": "cosine", "hnsw:M": 48, "hnsw:construction_ef": 200}
 # How stale the BM25 index may be after another process (say `enclave ingest` beside the server) wrote to
 # the collection: its chunk count is rechecked at most this often, because Chroma counts by scanning.
 RECOUNT_S = 1.0
@@ -385,7 +387,21 @@ class KnowledgeBase:
         ids = [f"{doc_id}:{content_hash[:12]}:{i}" for i in range(len(pieces))]
         with self._write:
             # New chunks first, then the old version's: a crash in between leaves a document, never none.
-            col.upsert(ids=ids, documents=[t for t, _ in pieces], embeddings=embeddings, metadatas=metas)  # type: ignore[arg-type]
+            # Chunks a crash left are written again with upsert, the others with add: Chroma's upsert links
+            # new vectors into the HNSW graph far worse than add does (same 100k vectors, same order:
+            # recall@10 0.85 against 0.97), and nearly every chunk is new.
+            written = set(existing["ids"])
+            for write, rows in (
+                (col.add, [i for i, c in enumerate(ids) if c not in written]),
+                (col.upsert, [i for i, c in enumerate(ids) if c in written]),
+            ):
+                if rows:
+                    write(  # type: ignore[operator]
+                        ids=[ids[i] for i in rows],
+                        documents=[pieces[i][0] for i in rows],
+                        embeddings=[embeddings[i] for i in rows],
+                        metadatas=[metas[i] for i in rows],  # type: ignore[misc]
+                    )
             if set(versions) - {content_hash}:
                 col.delete(where={"$and": [{"doc_id": doc_id}, {"content_hash": {"$ne": content_hash}}]})
             self._changed(collection)
