@@ -10,6 +10,7 @@ sentence-transformers reference in PyTorch fp32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -57,6 +58,18 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux's cpuinfo spells them (avx2, avx512_vnni, ...); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 class _Runtime(Protocol):
@@ -212,13 +225,8 @@ def int8_reduce_range() -> bool:
     """Whether int8 weights keep to 7 bits here: x86 CPUs without VNNI multiply u8 by s8 with vpmaddubsw,
     whose 16-bit pair sums saturate on full-range weights (ONNX Runtime's quantization notes). Measured on
     an AVX2-only Zen 3: cosine to PyTorch min 0.989, mean 0.993 with 8-bit weights."""
-    try:
-        flags = next(
-            (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), ""
-        ).split()
-    except OSError:
-        return False
-    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    flags = cpu_flags()
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & flags
 
 
 def export_dir(model_dir: Path, cache_dir: Path, backend: str) -> tuple[Path, dict[str, Any]]:

@@ -290,14 +290,14 @@ async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any) -> No
     unified.load()
     try:
         assert unified.engine.unified_kv and not llama.engine.unified_kv
-        alone = [a for a, _ in await asyncio.gather(*(collect(llama, ask(q)) for q in QUESTIONS[:4]))]
+        per_slot = [a for a, _ in await asyncio.gather(*(collect(llama, ask(q)) for q in QUESTIONS[:4]))]
         steps0 = unified.engine.stats["steps"]
         together = await asyncio.gather(*(collect(unified, ask(q)) for q in QUESTIONS[:4]))
         assert unified.engine.stats["steps"] - steps0 < 24 * 2  # batched: far fewer steps than 4 × 24 tokens
         assert unified.engine.stats["moves"] == 0
-        assert all(a[:6] == b[:6] and r.completion_tokens > 0 for a, (b, r) in zip(alone, together, strict=True))
+        assert all(a[:6] == b[:6] and r.completion_tokens > 0 for a, (b, r) in zip(per_slot, together, strict=True))
         # Seen on a Zen 3 with Q8_0: "L'Alma, the" against "L'Alma, la F", a near tie at the third token.
-        assert sum(a[:12] == b[:12] for a, (b, _) in zip(alone, together, strict=True)) >= 3, (alone, together)
+        assert sum(a[:12] == b[:12] for a, (b, _) in zip(per_slot, together, strict=True)) >= 3, (per_slot, together)
     finally:
         unified.close()
 
