@@ -91,6 +91,31 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
     yield KnowledgeBase.from_settings(s)
 
 
+def test_html_is_read_as_a_browser_reads_it() -> None:
+    """Generated pages are often not valid HTML: a <p> holding a list or another <p> (Sphinx does both) is
+    closed where a browser closes it, so its text is indexed once, not once per level of nesting."""
+    page = """<?xml version="1.0" encoding="utf-8"?>
+<html><head><title> Stable   ABI </title></head><body>
+<div class="sphinxsidebar">Quick search</div><div class="related" role="navigation">next | previous</div>
+<div role="main"><h2>Contents<a class="headerlink">¶</a></h2>
+<p class="availability">Availability: not WASI.<p>This module does not work on WebAssembly.</p></p>
+<p><ul><li><p>PyAIter_Check()</p></li><li>PyArg_Parse() <!-- a comment --> &amp; friends</li></ul></p>
+<template><p>never shown</p></template><dl><dt>x</dt><dd><p>inside a definition</p></dd></dl></div>
+<div class="footer">Copyright</div></body></html>"""
+    doc = load("stable.html", page.encode())
+    assert doc.title == "Stable ABI" and [s.heading for s in doc.sections] == ["Contents"]
+    assert doc.sections[0].text.splitlines() == [
+        "Availability: not WASI.",
+        "This module does not work on WebAssembly.",
+        "PyAIter_Check()",
+        "PyArg_Parse() & friends",
+        "x",
+        "inside a definition",
+    ]
+    with pytest.raises(LoadError, match="no text found"):
+        load("empty.html", b"  \n")
+
+
 def test_loaders_keep_structure(corpus: Path) -> None:
     pdf = load("handbook.pdf", (corpus / "handbook.pdf").read_bytes())
     assert [s.page for s in pdf.sections] == [1, 2] and "parking garage" in pdf.sections[0].text
