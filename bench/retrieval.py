@@ -7,7 +7,9 @@ the page text, so the query is not a verbatim quote of what is indexed.
 
 Ranked chunks are collapsed to pages (first appearance wins) and scored with hit@1, hit@5, MRR and
 nDCG@10, for dense, BM25 and hybrid (RRF) search; search latency p50/p99 and ingestion chunks/s.
-Prints a table and writes `bench/results/retrieval.json`.
+Prints a table and writes `bench/results/retrieval.json`, with each question's rank per mode, so that two
+runs can be compared question by question: `--against other.json` reports the paired difference in nDCG@10
+and hit@5 with a bootstrap 95% interval. An interval that holds 0 is "within noise".
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.machine import cpu_model
 from service.protocols import Principal
 from service.settings import Settings, offline_environment
 
@@ -53,8 +56,35 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
 
 
-def score(ranked_pages: list[str], relevant: str) -> dict[str, float]:
-    rank = ranked_pages.index(relevant) + 1 if relevant in ranked_pages else None
+def paired(ours: dict[str, int | None], theirs: dict[str, int | None], resamples: int = 10_000) -> dict[str, Any]:
+    """This run against another over the questions both asked: the mean difference (ours - theirs) of nDCG@10
+    and hit@5, each with a percentile-bootstrap 95% interval over questions, and how many questions each
+    side ranked better."""
+    import numpy as np
+
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        raise ValueError("the two runs share no question")
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(common), size=(resamples, len(common)))
+    out: dict[str, Any] = {"questions": len(common)}
+    for metric in ("ndcg@10", "hit@5"):
+        diff = np.array([score_rank(ours[m])[metric] - score_rank(theirs[m])[metric] for m in common])
+        means = diff[picks].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        out[metric] = {
+            "difference": round(float(diff.mean()), 4),
+            "ci95": [round(float(low), 4), round(float(high), 4)],
+            "within_noise": bool(low <= 0 <= high),
+        }
+    better = sum((ours[m] or 10**6) < (theirs[m] or 10**6) for m in common)
+    worse = sum((ours[m] or 10**6) > (theirs[m] or 10**6) for m in common)
+    out["ranked_better"], out["ranked_worse"] = better, worse
+    return out
+
+
+def score_rank(rank: int | None) -> dict[str, float]:
+    """A question's scores from the rank of its one relevant page (None: not in the results)."""
     return {
         "hit@1": float(rank == 1),
         "hit@5": float(rank is not None and rank <= 5),
@@ -72,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--backend", choices=["onnx", "onnx-int8", "torch"], default=None, help="embedding runtime (default: settings)"
     )
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--against", type=Path, help="another run's JSON: compare the two question by question")
     args = ap.parse_args(argv)
+    against = json.loads(args.against.read_text()) if args.against else None
     console = Console()
     if not args.docs.is_dir():
         raise SystemExit(f"{args.docs} not found: install Debian's python3.11-doc (apt-get install python3.11-doc)")
@@ -109,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode in ("dense", "bm25", "hybrid"):
         per: list[dict[str, float]] = []
         lat: list[float] = []
+        ranks: dict[str, int | None] = {}
         for q in qs:
             t = time.perf_counter()
             chunks = kb.search(q["query"], COLLECTION, principal, k=50, mode=mode)  # type: ignore[arg-type]
@@ -117,13 +150,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for c in chunks:
                 if c.uri not in pages:
                     pages.append(c.uri)
-            per.append(score(pages, q["uri"]))
+            ranks[q["module"]] = pages.index(q["uri"]) + 1 if q["uri"] in pages else None
+            per.append(score_rank(ranks[q["module"]]))
         results[mode] = {
             **{m: statistics.fmean(p[m] for p in per) for m in per[0]},
             "latency_p50_ms": _pct(lat, 0.5),
             "latency_p99_ms": _pct(lat, 0.99),
+            "ranks": ranks,
         }
-    out = {
+    out: dict[str, Any] = {
         "corpus": f"{args.docs} ({len(files)} pages, {total_chunks} chunks)",
         "questions": len(qs),
         "chunk_size": settings.rag.chunk_size,
@@ -142,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "modes": results,
         "machine": {
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -164,6 +200,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['latency_p99_ms']:.1f}",
         )
     console.print(table)
+    if against is not None:
+        out["against"] = {"run": str(args.against), "embedding": against.get("embedding", {}).get("backend")}
+        versus = Table(title=f"against {args.against.name} ({out['against']['embedding']}): this run minus that one")
+        for col in ("mode", "questions", "nDCG@10 diff", "95% interval", "hit@5 diff", "95% interval", "better/worse"):
+            versus.add_column(col, justify="left" if col == "mode" else "right")
+        for mode in results:
+            if "ranks" not in against.get("modes", {}).get(mode, {}):
+                continue
+            p = paired(results[mode]["ranks"], against["modes"][mode]["ranks"])
+            out["against"][mode] = p
+            n, h = p["ndcg@10"], p["hit@5"]
+            versus.add_row(
+                mode,
+                str(p["questions"]),
+                f"{n['difference']:+.4f}",
+                f"[{n['ci95'][0]:+.3f}, {n['ci95'][1]:+.3f}]" + ("" if n["within_noise"] else " *"),
+                f"{h['difference']:+.4f}",
+                f"[{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}]" + ("" if h["within_noise"] else " *"),
+                f"{p['ranked_better']}/{p['ranked_worse']}",
+            )
+        console.print(versus)
+        console.print("* the interval excludes 0: a difference beyond noise")
     if written:
         console.print(
             f"ingestion: {written} chunks in {ingest_s:.1f} s = {written / ingest_s:.1f} chunks/s "
