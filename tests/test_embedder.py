@@ -130,7 +130,7 @@ def test_two_processes_racing_to_the_first_export(tmp_path: Path) -> None:
 
 def test_the_backend_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     default = Embedder.from_settings(Settings(data_dir=str(tmp_path)))  # type: ignore[call-arg]
-    assert default.backend == "onnx" and default.cache_dir == tmp_path.resolve() / "models" / "embeddings"
+    assert default.backend == "onnx-int8" and default.cache_dir == tmp_path.resolve() / "models" / "embeddings"
     monkeypatch.setenv("ENCLAVE_RAG__EMBEDDING__BACKEND", "torch")
     torch = Embedder.from_settings(Settings(data_dir=str(tmp_path)))  # type: ignore[call-arg]
     assert torch.backend == "torch"
