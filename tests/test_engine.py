@@ -282,22 +282,89 @@ async def test_running_answers_are_kept_on_consecutive_slots(llama: Any) -> None
         assert a[:12] == b[:12] and r.completion_tokens > 0
 
 
-async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any) -> None:
-    """`models.unified_kv`: one cache for all slots, no ordering to keep; answers match the per-slot engine's
-    on the same four questions asked together (the same batched kernels: on Q8_0, the AVX2 default, a batch
-    of four rounds differently from a single sequence and a near tie can flip a greedy token)."""
+# Two greedy runs may part only where the two best next tokens are this close (in logits): the batched
+# kernels round differently with the batch's shape (on Q8_0, AVX2's default, visibly so).
+NEAR_TIE = 0.5  # seen: 0.003-0.004 (bf16, AVX-512); a real divergence is several logits
+
+
+class GreedyTrace:
+    """Every greedy step's pick, runner-up and the gap between their logits, per request, recorded at the
+    sampler (a seam: the picks are the engine's own), with the requests the engines were given."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *engines: Any) -> None:
+        import numpy as np
+
+        from service.backends.llama_engine import LlamaEngine, TokenSampler
+
+        self.requests: list[Any] = []
+        real_sample, real_take = TokenSampler.sample, LlamaEngine._take
+
+        def sample(sampler: Any, logits: Any) -> int:
+            tok = real_sample(sampler, logits)
+            rest = np.array(logits, copy=True)
+            rest[tok] = -np.inf
+            second = int(np.argmax(rest))
+            sampler.runner_up = (second, float(logits[tok] - logits[second]))
+            return tok
+
+        def take(engine: Any, req: Any, tok: int) -> None:
+            req.__dict__.setdefault("steps", []).append((tok, *req.sampler.runner_up))
+            real_take(engine, req, tok)
+
+        monkeypatch.setattr(TokenSampler, "sample", sample)
+        monkeypatch.setattr(LlamaEngine, "_take", take)
+        for engine in engines:
+            monkeypatch.setattr(engine, "submit", self._recording(engine.submit))
+
+    def _recording(self, submit: Any) -> Any:
+        def recorded(req: Any) -> Any:
+            self.requests.append(req)
+            return submit(req)
+
+        return recorded
+
+    def take(self) -> dict[tuple[int, ...], list[tuple[int, int, float]]]:
+        """The steps of each request made since the last take, by prompt."""
+        out = {tuple(r.ids): r.steps for r in self.requests}
+        self.requests.clear()
+        return out
+
+
+def parting(a: list[tuple[int, int, float]], b: list[tuple[int, int, float]]) -> int | None:
+    """The first step at which two greedy runs of one prompt picked different tokens (None: they never did)."""
+    k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x[0] != y[0]), None)
+    return k if k is not None or len(a) == len(b) else min(len(a), len(b))
+
+
+async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models.unified_kv`: one cache for all slots, no ordering to keep; the same four questions asked
+    together give the per-slot engine's answers token for token, except where the two best tokens were a
+    near tie (the same batched kernels, but a batch laid out otherwise can round a near tie the other way)."""
     unified = build_local_backend(settings_for("llama_cpp", parallel=4, unified_kv=True))
     unified.load()
+    trace = GreedyTrace(monkeypatch, llama.engine, unified.engine)
     try:
         assert unified.engine.unified_kv and not llama.engine.unified_kv
-        per_slot = [a for a, _ in await asyncio.gather(*(collect(llama, ask(q)) for q in QUESTIONS[:4]))]
+        per_slot = await asyncio.gather(*(collect(llama, ask(q)) for q in QUESTIONS[:4]))
+        steps_per_slot = trace.take()
         steps0 = unified.engine.stats["steps"]
         together = await asyncio.gather(*(collect(unified, ask(q)) for q in QUESTIONS[:4]))
+        steps_together = trace.take()
         assert unified.engine.stats["steps"] - steps0 < 24 * 2  # batched: far fewer steps than 4 × 24 tokens
         assert unified.engine.stats["moves"] == 0
-        assert all(a[:6] == b[:6] and r.completion_tokens > 0 for a, (b, r) in zip(per_slot, together, strict=True))
-        # Seen on a Zen 3 with Q8_0: "L'Alma, the" against "L'Alma, la F", a near tie at the third token.
-        assert sum(a[:12] == b[:12] for a, (b, _) in zip(per_slot, together, strict=True)) >= 3, (per_slot, together)
+        assert all(r.completion_tokens > 0 for _, r in [*per_slot, *together])
+        assert len(steps_per_slot) == len(steps_together) == 4 and steps_per_slot.keys() == steps_together.keys()
+        for prompt, a in steps_per_slot.items():
+            b = steps_together[prompt]
+            k = parting(a, b)
+            if k is None:
+                continue
+            # Up to k the same tokens; at k each run's pick is the other's runner-up, a near tie in both.
+            assert k < min(len(a), len(b)), (k, a, b)
+            assert a[k][1] == b[k][0] and b[k][1] == a[k][0], (k, a[k], b[k])
+            assert a[k][2] < NEAR_TIE and b[k][2] < NEAR_TIE, (k, a[k], b[k])
+        same = [a == b for (a, _), (b, _) in zip(per_slot, together, strict=True)]
+        assert same.count(True) >= 2, (per_slot, together)  # near ties are the exception, not the rule
     finally:
         unified.close()
 
