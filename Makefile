@@ -56,11 +56,13 @@ check: setup
 pydocs:
 	@test -d /usr/share/doc/python3.11/html/library || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc >/dev/null)
 
-# Benchmarks: each prints a table and writes JSON to bench/results/.
+# Benchmarks: each prints a table and writes JSON to bench/results/. Retrieval runs twice: fp32, then the
+# default (int8) compared with it question by question.
 bench: setup pydocs
 	$(BIN)/python -m bench.moderation
 	$(BIN)/python -m bench.embedding
-	$(BIN)/python -m bench.retrieval
+	$(BIN)/python -m bench.retrieval --backend onnx --data .cache/bench-retrieval-onnx --out bench/results/retrieval_onnx.json
+	$(BIN)/python -m bench.retrieval --against bench/results/retrieval_onnx.json
 	$(BIN)/python -m bench.search_scale
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.load
