@@ -845,6 +845,63 @@ async def ttft_section(
     }
 
 
+async def lookup_section(args: argparse.Namespace, settings: Settings, console: Console) -> dict[str, Any]:
+    """RAG answers one at a time, greedy, with prompt lookup off and on (`models.lookup_tokens`), taking turns."""
+    backend = _load_backend(settings)
+    engine = backend.engine
+    chunks = sample_chunks(settings)
+
+    def count(msgs: list[Message]) -> int:
+        return len(backend.prompt_ids(msgs, 1))
+
+    runs: dict[int, list[Run]] = {0: [], args.lookup: []}
+    counters: dict[int, dict[str, int]] = {k: {"steps": 0, "drafted": 0, "accepted": 0} for k in runs}
+    try:
+        warm, _ = rag_prompt(WARMUP_QUESTION, chunks, count, min(200, args.rag_tokens))
+        await ours(backend, warm, 16)
+        for i, q in enumerate(QUESTIONS[: args.questions]):
+            msgs, _ = rag_prompt(q, chunks, count, args.rag_tokens)
+            for k in list(runs)[i % 2 :] + list(runs)[: i % 2]:
+                engine.lookup_tokens = k
+                before = dict(engine.stats)
+                runs[k].append(await ours(backend, msgs, args.tokens))
+                for key in counters[k]:
+                    counters[k][key] += engine.stats[key] - before[key]
+    finally:
+        backend.close()
+    off, on = runs[0], runs[args.lookup]
+    same = sum(a.ids is not None and a.ids == b.ids for a, b in zip(off, on, strict=True))
+    out: dict[str, Any] = {}
+    table = Table(
+        title=f"5. prompt lookup: {len(off)} RAG answers of up to {args.tokens} tokens, one at a time, greedy, "
+        f"lookup off and on (up to {args.lookup} drafts), taking turns"
+    )
+    for col in ("lookup", "decode tok/s (mean)", "median", "steps", "drafted", "accepted"):
+        table.add_column(col, justify="left" if col == "lookup" else "right")
+    for k, rs in runs.items():
+        tps = [r.decode_tps for r in rs]
+        c = counters[k]
+        out["on" if k else "off"] = {
+            "lookup_tokens": k,
+            "decode_tokens_per_s_mean": _r(statistics.fmean(tps)),
+            "decode_tokens_per_s_median": _r(_median(tps)),
+            "decode_tokens_per_s": [_r(x) for x in tps],
+            **c,
+        }
+        table.add_row(
+            f"{k}" if k else "off", f"{statistics.fmean(tps):.1f}", f"{_median(tps):.1f}", *(str(c[x]) for x in c)
+        )
+    console.print(table)
+    ratio = round(_ratio(out["on"]["decode_tokens_per_s_mean"], out["off"]["decode_tokens_per_s_mean"]), 2)
+    accepted = out["on"]["accepted"] / out["on"]["drafted"] if out["on"]["drafted"] else 0.0
+    console.print(
+        f"lookup on ÷ off: {ratio:.2f}× decode; the model agreed with {accepted:.0%} of the drafts; {same} of "
+        f"{len(off)} greedy answers identical (the others part at a near tie: a step of several tokens rounds "
+        "like a batch)"
+    )
+    return {**out, "on_over_off": ratio, "accepted_share": round(accepted, 3), "identical_answers": same}
+
+
 def bandwidth_section(
     args: argparse.Namespace, files: dict[str, Path], single: dict[str, Any], console: Console
 ) -> dict[str, Any]:
@@ -923,7 +980,9 @@ async def _bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     ttft = await ttft_section(args, settings, files, console)
     busy["rag_ttft"], snap = _cpu_usage(snap), _cpu_snapshot()
     bound = bandwidth_section(args, files, single, console)
-    busy["bandwidth_bound"] = _cpu_usage(snap)
+    busy["bandwidth_bound"], snap = _cpu_usage(snap), _cpu_snapshot()
+    lookup = await lookup_section(args, settings, console) if args.lookup else None
+    busy["lookup"] = _cpu_usage(snap)
     m = settings.models
     return {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -942,6 +1001,7 @@ async def _bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "concurrency": conc,
         "rag_ttft": ttft,
         "bandwidth_bound": bound,
+        "prompt_lookup": lookup,
         "sections": busy,
     }
 
@@ -969,6 +1029,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument(
         "--bandwidth-mib", type=int, default=None, help="array read for bandwidth (default 1024; quick 256)"
+    )
+    ap.add_argument(
+        "--lookup", type=int, default=8, help="prompt-lookup drafts for section 5 (default 8; 0 skips the section)"
     )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)

@@ -58,6 +58,15 @@ class ModelSettings(BaseModel):
         "token, idle slots' too) instead of one per sequence (the engine keeps running sequences on consecutive "
         "slots, which llama.cpp needs to batch them in one pass).",
     )
+    lookup_tokens: int = Field(
+        8,
+        ge=0,
+        le=32,
+        description="llama.cpp engine, prompt lookup: while one answer runs alone, up to this many tokens that "
+        "followed the answer's last few tokens earlier in its prompt or answer are checked in the same step "
+        "(answers keep the distribution they would have without it; RAG answers decode ~1.3x faster); 0 turns "
+        "it off.",
+    )
     threads: int = Field(0, description="CPU threads for generation; 0: one per core.")
     context_tokens: int = Field(2048, description="Prompt plus answer must fit in this many tokens.")
     max_tokens: int = Field(256, description="Default answer length limit in tokens.")

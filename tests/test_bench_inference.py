@@ -44,5 +44,9 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
     assert set(bound["files"]) == {"Q4_1", data["engine"]["format"].upper()}  # shipped, and what the engine runs
     assert all(f["embedding_tied_to_output"] for f in bound["files"].values())  # SmolLM2 has no output.weight
     assert data["machine"]["cpu_count"] and data["machine"]["llama_cpp_python"]
-    assert set(data["sections"]) == {"single_stream", "concurrency", "rag_ttft", "bandwidth_bound"}
+    lookup = data["prompt_lookup"]
+    assert lookup["off"]["lookup_tokens"] == 0 and lookup["off"]["drafted"] == 0 and lookup["on"]["lookup_tokens"] == 8
+    assert lookup["on"]["decode_tokens_per_s_mean"] > 0 and lookup["off"]["decode_tokens_per_s_mean"] > 0
+    assert lookup["on"]["accepted"] <= lookup["on"]["drafted"] and lookup["on_over_off"] > 0
+    assert set(data["sections"]) == {"single_stream", "concurrency", "rag_ttft", "bandwidth_bound", "lookup"}
     assert result["seconds"] == data["seconds"]

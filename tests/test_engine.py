@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -304,11 +305,13 @@ class GreedyTrace:
             rest = np.array(logits, copy=True)
             rest[tok] = -np.inf
             second = int(np.argmax(rest))
-            sampler.runner_up = (second, float(logits[tok] - logits[second]))
+            sampler.__dict__.setdefault("untaken", deque()).append((tok, second, float(logits[tok] - logits[second])))
             return tok
 
-        def take(engine: Any, req: Any, tok: int) -> None:
-            req.__dict__.setdefault("steps", []).append((tok, *req.sampler.runner_up))
+        def take(engine: Any, req: Any, tok: int) -> None:  # a step may pick several tokens before taking them
+            picked = req.sampler.untaken.popleft()
+            assert picked[0] == tok
+            req.__dict__.setdefault("steps", []).append(picked)
             real_take(engine, req, tok)
 
         monkeypatch.setattr(TokenSampler, "sample", sample)
@@ -410,3 +413,42 @@ async def test_each_adapter_group_is_kept_on_consecutive_slots(llama: Any, tmp_p
     assert engine.stats["moves"] >= 1  # the short base answer left a gap inside its group
     for a, (b, r) in zip(alone, together, strict=True):
         assert a[:12] == b[:12] and r.completion_tokens > 0
+
+
+PASSAGES = [
+    "Enclave stores every conversation in its database, so a chat that was interrupted can be resumed later "
+    "from the same page. Documents are split into chunks of about eight hundred characters.",
+    "To add documents, run enclave ingest with a folder and a collection name. Files that did not change are "
+    "skipped, changed files are replaced, and files that were deleted are removed from the collection.",
+]
+
+
+async def test_prompt_lookup_checks_drafts_from_the_prompt_and_keeps_the_answers(
+    llama: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models.lookup_tokens`: an answer that quotes its prompt is checked several tokens per step. Greedy
+    answers match the engine's without lookup except at a near tie (a step of several tokens rounds like a
+    batch), and the cache holds exactly the tokens the slot records: drafts the model disagreed with are gone."""
+    looking = build_local_backend(settings_for("llama_cpp", parallel=2, lookup_tokens=8))
+    looking.load()
+    trace = GreedyTrace(monkeypatch, llama.engine, looking.engine)
+    engine = looking.engine
+    try:
+        for passage in PASSAGES:
+            msgs = ask(f"Here is a passage:\n\n{passage}\n\nRepeat the passage word for word.")
+            (plain, _), steps_plain = await collect(llama, msgs, max_tokens=48), trace.take()
+            steps0, drafted0 = engine.stats["steps"], engine.stats["drafted"]
+            (looked, r), steps_looked = await collect(looking, msgs, max_tokens=48), trace.take()
+            assert r.completion_tokens > 0 and engine.stats["drafted"] > drafted0
+            assert engine.stats["steps"] - steps0 < r.completion_tokens  # several tokens in some steps
+            (a,), (b,) = steps_plain.values(), steps_looked.values()
+            k = parting(a, b)
+            if k is not None:
+                assert k < min(len(a), len(b)), (k, plain, looked)
+                assert a[k][1] == b[k][0] and b[k][1] == a[k][0], (k, a[k], b[k], plain, looked)
+                assert a[k][2] < NEAR_TIE and b[k][2] < NEAR_TIE, (k, a[k], b[k], plain, looked)
+            for slot in engine._slots:
+                assert engine._lib.llama_memory_seq_pos_max(engine._mem, slot.seq) == len(slot.tokens) - 1
+        assert engine.stats["accepted"] > 0
+    finally:
+        looking.close()

@@ -46,6 +46,22 @@ def test_a_large_vocabulary_row_is_sampled_from_its_head() -> None:
     assert TokenSampler(Sampling(1, temperature=0.2, top_p=0.95, seed=0)).sample(logits) == 123
 
 
+@pytest.mark.parametrize("draft", [0, 1, 2, 3])
+def test_checking_a_drafted_token_draws_from_the_same_distribution(draft: int) -> None:
+    """Prompt lookup guesses the next token; `verify` keeps the guess with the probability the model gives it and
+    else draws from the rest, so the answer's distribution is the sampler's own, whatever was guessed (token 3
+    is cut by top-p: a guess the sampler could never draw is never kept)."""
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    n = 20_000
+    s = TokenSampler(Sampling(1, temperature=1.0, top_p=0.9, seed=11))
+    checked = Counter(s.verify(logits, draft) for _ in range(n))
+    assert set(checked) <= {0, 1, 2}
+    for tok, p in ((0, 0.5 / 0.95), (1, 0.3 / 0.95), (2, 0.15 / 0.95)):
+        assert abs(checked[tok] / n - p) < 0.015, (draft, checked)
+    greedy = TokenSampler(Sampling(1, temperature=0.0))
+    assert greedy.verify(logits, draft) == 0  # greedy: the best token, guessed or not
+
+
 async def test_mailbox_delivers_in_order_with_one_wake_up_per_burst() -> None:
     loop = asyncio.get_running_loop()
     box = _Mailbox(loop)

@@ -129,6 +129,7 @@ class LlamaCppBackend(PromptTools):
             batch_tokens=m.batch_tokens,
             flash_attention=m.flash_attention,
             unified_kv=m.unified_kv,
+            lookup_tokens=m.lookup_tokens,
         )
         engine.start()
         self.engine = engine
