@@ -896,8 +896,8 @@ async def lookup_section(args: argparse.Namespace, settings: Settings, console: 
     accepted = out["on"]["accepted"] / out["on"]["drafted"] if out["on"]["drafted"] else 0.0
     console.print(
         f"lookup on ÷ off: {ratio:.2f}× decode; the model agreed with {accepted:.0%} of the drafts; {same} of "
-        f"{len(off)} greedy answers identical (the others part at a near tie: a step of several tokens rounds "
-        "like a batch)"
+        f"{len(off)} greedy answers identical (a step of several tokens rounds like a batch; tests/test_engine.py "
+        "checks that answers part only at a near tie)"
     )
     return {**out, "on_over_off": ratio, "accepted_share": round(accepted, 3), "identical_answers": same}
 

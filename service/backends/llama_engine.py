@@ -4,6 +4,7 @@ A scheduler thread owns the llama.cpp context. Every step it admits waiting requ
 sequence slots — reusing the longest prefix a slot still holds in its KV cache (system prompt,
 conversation so far) — then decodes one batch for one adapter group: the next token of every
 running sequence plus chunks of new prompts, and samples every sequence from one read of the logits.
+An answer running alone also feeds drafts found by prompt lookup and keeps those the model agrees with.
 Nothing here knows asyncio; results leave through each request's `emit` callback.
 
 Every ctypes call gives up the GIL and must win it back from the thread that serves the clients, which
