@@ -168,8 +168,6 @@ class TokenSampler:
             p_draft = p[at[0]] / p.sum()
             if self.rng.random() < p_draft:
                 return draft
-            if p_draft >= 1.0:  # (rounding) nothing else is possible
-                return draft
             p = p.copy()
             p[at[0]] = 0.0
         return int(cand[self._draw(p)])
@@ -192,6 +190,13 @@ class TokenSampler:
         cum = np.cumsum(p)
         pick = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
         return min(pick, len(p) - 1)
+
+
+# Prompt lookup drafts what followed the latest earlier occurrence of the answer's last 3 tokens (2 matched too
+# often by chance: on RAG answers the model agreed with 31% of such drafts, against 58% with 3), starting with 2
+# drafts and adding 2 after each step the model agreed with all of them (one fewer when it did not).
+LOOKUP_NGRAM = 3
+LOOKUP_START = 2
 
 
 @dataclass
@@ -226,7 +231,7 @@ class EngineRequest:
     # indexed, and how many drafts to try next.
     ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
     indexed: int = 0
-    lookup_len: int = 0
+    lookup_len: int = LOOKUP_START
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -257,11 +262,6 @@ class _Adapter:
 
 # A cached prefix shorter than this (a chat template's first tokens) does not decide which slot a request takes.
 MIN_PREFIX_REUSE = 32
-# Prompt lookup drafts what followed the latest earlier occurrence of the answer's last 3 tokens (2 matched too
-# often by chance: on RAG answers the model agreed with 31% of such drafts, against 58% with 3), starting with 2
-# drafts and adding 2 after each step the model agreed with all of them (one fewer when it did not).
-LOOKUP_NGRAM = 3
-LOOKUP_START = 2
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -594,9 +594,8 @@ class LlamaEngine:
         # Prompt lookup only for a lone answer: llama.cpp splits a batch whose sequences bring unequal numbers of
         # tokens into several passes, so drafts beside other answers would cost them more than they save.
         lookup = self.lookup_tokens > 0 and len(self._running) == 1
-        # In batch order, as llama.cpp lays out their logits: (request, its slot, position of its first token
-        # with logits, drafted tokens after that one).
-        outputs: list[tuple[EngineRequest, Slot, int, list[int]]] = []
+        # In batch order, as llama.cpp lays out their logits: each request with the tokens drafted for it.
+        outputs: list[tuple[EngineRequest, list[int]]] = []
         # Decoding sequences first (one token each), then prompt chunks with what is left of the budget.
         for req in sorted(group, key=lambda r: (len(r.pending) > 1, r.slot.seq if r.slot else 0)):
             if budget <= 0:
@@ -604,7 +603,7 @@ class LlamaEngine:
             slot = req.slot
             assert slot is not None
             drafts = self._draft(req, slot, budget - 1) if lookup and len(req.pending) == 1 else []
-            take = req.pending[:budget] + drafts if len(req.pending) > 1 else req.pending + drafts
+            take = (req.pending[:budget] if len(req.pending) > 1 else req.pending) + drafts
             pos0 = len(slot.tokens)
             for j, tok in enumerate(take):
                 b.token[n] = tok
@@ -619,7 +618,7 @@ class LlamaEngine:
             if not req.pending:  # its last known token is in: sample the next one (and check the drafts)
                 for j in range(n - 1 - len(drafts), n):
                     b.logits[j] = 1
-                outputs.append((req, slot, len(slot.tokens) - 1 - len(drafts), drafts))
+                outputs.append((req, drafts))
         b.n_tokens = n
         rc = self._lib.llama_decode(self.ctx, b)
         if rc != 0:
@@ -629,12 +628,12 @@ class LlamaEngine:
         if not outputs:
             return
         # The rows of the tokens marked for logits, in batch order: one call for all of them.
-        rows = sum(1 + len(d) for _, _, _, d in outputs)
+        rows = sum(1 + len(d) for _, d in outputs)
         logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ctx), shape=(rows, self._n_vocab))
         row = 0
-        for req, slot, first, drafts in outputs:
-            sampler = req.sampler
-            assert sampler is not None
+        for req, drafts in outputs:
+            sampler, slot = req.sampler, req.slot  # both stay set until a token is taken below
+            assert sampler is not None and slot is not None
             # The model's tokens after the last known one: one per draft it agreed with, then one more.
             picks: list[int] = []
             for i, draft in enumerate(drafts):
@@ -650,7 +649,8 @@ class LlamaEngine:
                 self.stats["accepted"] += agreed
                 grow = agreed == len(drafts)
                 req.lookup_len = min(self.lookup_tokens, req.lookup_len + 2) if grow else max(1, req.lookup_len - 1)
-                keep = first + 1 + agreed  # the cache's tokens up to the last draft the model agreed with
+                # The cache's tokens up to the last draft the model agreed with (the drafts are its last tokens).
+                keep = len(slot.tokens) - len(drafts) + agreed
                 if len(slot.tokens) > keep:  # before any token leaves: the slot is consistent when it finishes
                     self._lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
                     del slot.tokens[keep:]
@@ -662,12 +662,10 @@ class LlamaEngine:
     def _draft(self, req: EngineRequest, slot: Slot, room: int) -> list[int]:
         """Prompt lookup: the tokens that followed the latest earlier occurrence of the answer's last few tokens
         in its own prompt and answer (RAG answers quote their sources), up to `lookup_tokens` of them."""
-        history = slot.tokens + req.pending
-        if req.lookup_len == 0:
-            req.lookup_len = min(LOOKUP_START, self.lookup_tokens)
-        room = min(room, req.lookup_len, req.sampling.max_tokens - req.n_out - 1)
+        room = min(room, req.lookup_len, self.lookup_tokens, req.sampling.max_tokens - req.n_out - 1)
         if room <= 0:
             return []
+        history = slot.tokens + req.pending
         index, n = req.ngrams, LOOKUP_NGRAM
         for i in range(max(0, req.indexed - n + 1), len(history) - n):  # every n-gram whose next token is known
             index[tuple(history[i : i + n])] = i + n
