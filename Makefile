@@ -8,14 +8,15 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
-# llama.cpp is compiled for this CPU, with ggml's own thread pool instead of OpenMP: with OpenMP, two
+# llama.cpp is compiled for this CPU's instruction sets, named one by one (service/cpu.py: never AMX, whose
+# ggml kernels crash on Sapphire Rapids), with ggml's own thread pool instead of OpenMP: with OpenMP, two
 # llama.cpp contexts in one process (or any other OpenMP team) throttle every barrier of every step.
 LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF
-# pip's own wheel cache ignores CMAKE_ARGS, so the wheel is kept under a name that includes them, and the
-# CPU's instruction sets: it is compiled for this CPU, and an AVX-512 build dies of SIGILL on an AVX2 machine.
-CPU_FLAGS := $(shell grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || uname -m)
-LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE) $(CPU_FLAGS)' | sha256sum | cut -c1-12)
+LLAMA_CMAKE := $(shell $(PY) -m service.cpu cmake-args)
+# pip's own wheel cache ignores CMAKE_ARGS, so the wheel is kept under a name made of the version, the
+# recipe and those options: a wheel built with other options (an older -march=native one) is never reused.
+LLAMA_RECIPE := 2-explicit-isa
+LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_RECIPE) $(LLAMA_CMAKE)' | sha256sum | cut -c1-12)
 
 .PHONY: setup run test test-fast test-deploy check bench pydocs browser deploy-tools clean
 
@@ -31,6 +32,9 @@ $(STAMP): pyproject.toml
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) "$(LLAMA_CPP)"
 	$(BIN)/pip install -q $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q -e ".[dev,fast]"
+	# One short decode with every weight format the engine may pick, each in a child process: a build this
+	# CPU cannot run is named here (format, CPU, what to do), not by a dead server later.
+	ENCLAVE_MODELS__CACHE_DIR=.cache/models $(BIN)/enclave engine-check
 	touch $(STAMP)
 
 setup: $(STAMP)

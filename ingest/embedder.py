@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from service.cpu import cpu_flags
 from service.errors import BackendUnavailable
 from service.settings import Settings, offline_environment
 
@@ -61,17 +62,6 @@ def default_threads() -> int:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux's cpuinfo spells them (avx2, avx512_vnni, ...); empty elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 class _Runtime(Protocol):
     dimension: int
 

@@ -17,6 +17,14 @@ from service.settings import Settings, offline_environment
 app = typer.Typer(help="Enclave: on-prem streaming chat.", no_args_is_help=True, add_completion=False)
 
 
+@app.callback()
+def _before_any_command() -> None:
+    """Enclave: on-prem streaming chat."""
+    from service.cpu import select_llama_library
+
+    select_llama_library()  # the image ships several llama.cpp builds: load the best this CPU runs
+
+
 def _settings() -> Settings:
     offline_environment()
     return Settings()
@@ -48,15 +56,53 @@ def warmup() -> None:
     _, _, path = load_model(settings)
     typer.echo(f"model cache: {path}")
     if settings.models.engine != "transformers" and importlib.util.find_spec("llama_cpp") is not None:
-        from service.backends.llamacpp import engine_weights
+        from service.backends.llamacpp import choose_weights
 
-        typer.echo(f"llama.cpp weights: {engine_weights(settings)[1]}")
+        _, weights, fmt, _ = choose_weights(settings)
+        typer.echo(f"llama.cpp weights ({fmt}, checked): {weights}")
     try:
         from ingest.embedder import Embedder
     except ImportError:
         return
     Embedder.from_settings(settings).embed(["warm up"])
     typer.echo("embedder: ok")
+
+
+@app.command("engine-check")
+def engine_check() -> None:
+    """Decode with every weight format the llama.cpp engine may pick, each in a child process; a table.
+
+    Exits 1 when no format runs (the build cannot serve on this CPU), 0 otherwise, naming every failure.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.backends.llamacpp import format_order, smoke_checks, weights_path
+    from service.backends.local import converted_model_dir
+    from service.backends.smoke import explain, llama_library_dir
+    from service.cpu import isa_summary
+
+    settings = _settings()
+    gguf, _ = converted_model_dir(settings)
+    checks = smoke_checks(settings)
+    threads = settings.models.threads or 2
+    table = Table(title=f"llama.cpp engine check: {gguf.name} · CPU {isa_summary()} · {llama_library_dir()}")
+    for col in ("format", "result", "detail", "seconds"):
+        table.add_column(col)
+    failures = []
+    order = format_order(settings)
+    for fmt in order:
+        target = weights_path(settings, gguf, fmt)
+        convert = {} if fmt == "original" else {"convert_from": gguf, "fmt": fmt}
+        result = checks.check(target, threads=threads, **convert)
+        table.add_row(fmt, "ok" if result.ok else "FAILED", result.detail, f"{result.seconds:.1f}")
+        if not result.ok:
+            failures.append(explain(fmt, result))
+    Console().print(table)
+    for problem in failures:
+        typer.echo(f"warning: {problem}", err=True)
+    if len(failures) == len(order):
+        raise typer.Exit(1)
 
 
 async def _remote_events(url: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:

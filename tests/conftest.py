@@ -51,7 +51,7 @@ class Server:
         self.log_path = data_dir / f"{log_name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 300) -> Server:
+    def start_process(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -61,6 +61,11 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def start(self, timeout: float = 300) -> Server:
+        """Starts the process and waits until it is ready; a load error or an early exit fails at once."""
+        self.start_process()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -899,7 +899,42 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
     runs = " ".join(arg for k, arg in final["instructions"] if k == "RUN")
     assert "apt-get install" not in runs and "build-essential" not in runs and "pip install" not in runs
     copies = [arg for k, arg in final["instructions"] if k == "COPY"]
-    assert copies == ["--from=builder /opt/venv /opt/venv"], copies
+    assert copies == ["--from=builder /opt/venv /opt/venv", "--from=builder /opt/llama /opt/llama"], copies
+
+
+def test_dockerfile_builds_llama_cpp_for_any_x86_64_v3_node_and_never_with_amx() -> None:
+    from service.cpu import VARIANTS, variant_args
+
+    builder, final = dockerfile_stages()[0], dockerfile_stages()[-1]
+    runs = " ".join(arg for k, arg in builder["instructions"] if k == "RUN")
+    assert "cpu.py variants" in runs and 'cpu.py variant-args "$v"' in runs
+    assert "-march=native" not in runs and "GGML_NATIVE=ON" not in runs and "AMX" not in runs
+    assert re.search(r"pip install .*/tmp/wheels/x86-64-v3/llama_cpp_python-\*\.whl", runs), runs
+    assert next(iter(VARIANTS)) == "x86-64-v3"
+    for name in VARIANTS:
+        args = variant_args(name)
+        assert "-DGGML_NATIVE=OFF" in args and "-DGGML_OPENMP=OFF" in args
+        assert not any("AMX" in a and a.endswith("=ON") for a in args)
+    assert "-DGGML_AVX512=OFF" in variant_args("x86-64-v3") and "-DGGML_AVX2=ON" in variant_args("x86-64-v3")
+    assert "-DGGML_AVX512_BF16=ON" in variant_args("x86-64-v4-bf16")
+    assert env_instructions(final)["ENCLAVE_LLAMA_LIBRARIES"] == "/opt/llama"
+
+
+def test_the_best_llama_cpp_build_the_cpu_runs_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import cpu
+
+    for name in cpu.VARIANTS:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "libllama.so").write_bytes(b"")
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(cpu.VARIANTS["x86-64-v4-bf16"]) | {"amx_int8"})
+    assert cpu.select_llama_library(str(tmp_path)) == tmp_path / "x86-64-v4-bf16"
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(cpu.VARIANTS["x86-64-v3"]))
+    assert cpu.select_llama_library(str(tmp_path)) == tmp_path / "x86-64-v3"
+    # An operator's own choice stands.
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "/opt/mine")
+    assert cpu.select_llama_library(str(tmp_path)) == Path("/opt/mine")
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -993,7 +1028,7 @@ def test_dockerfile_installs_what_the_project_declares() -> None:
             for src in sources:
                 assert (ROOT / src).exists(), src
                 assert src not in ignored and src.rstrip("/") not in ignored, src
-                copied.add(src.rstrip("/"))
+                copied.add(src.rstrip("/").split("/")[0])  # service/cpu.py is copied early, for the build
     assert "pyproject.toml" in copied
     assert set(pyproject["tool"]["setuptools"]["packages"]["find"]["include"]) == {
         p + "*" for p in copied - {"pyproject.toml"}

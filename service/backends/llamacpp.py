@@ -20,6 +20,7 @@ from typing import Any
 
 from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine, Sampling, convert_weights
 from service.backends.local import PromptTools, StopMatcher, converted_model_dir, file_sha256, load_tokenizer
+from service.backends.smoke import SmokeChecks, explain
 from service.errors import BackendUnavailable, NotFound
 from service.protocols import Generation, GenerationParams, Message
 from service.settings import Settings
@@ -78,6 +79,13 @@ def engine_format(settings: Settings) -> str:
     return fmt
 
 
+def format_order(settings: Settings) -> list[str]:
+    """The format asked for (auto: the CPU's best), then the others in the order the engine falls back to."""
+    first = engine_format(settings)
+    best = "bf16" if cpu_has_native_bf16() else "q8_0"
+    return list(dict.fromkeys([first, best, "q8_0", "f16", "original"]))
+
+
 def _writable(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,12 +94,10 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def engine_weights(settings: Settings) -> tuple[Path, Path]:
-    """(the shipped GGUF, the file the engine runs): the re-encoded copy, made on first use."""
-    gguf, _ = converted_model_dir(settings)
-    fmt = engine_format(settings)
+def weights_path(settings: Settings, gguf: Path, fmt: str) -> Path:
+    """Where the engine's copy of `gguf` in `fmt` lives (the GGUF itself for original); not made here."""
     if fmt == "original":
-        return gguf, gguf
+        return gguf
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
     name = f"{gguf.stem}-{key}.{fmt}.gguf"
@@ -99,7 +105,44 @@ def engine_weights(settings: Settings) -> tuple[Path, Path]:
     if not target.is_file() and not _writable(settings.model_cache_path):
         # A read-only baked cache (the image) made for another CPU: convert into the data volume instead.
         target = settings.data_path / "models" / name
+    return target
+
+
+def engine_weights(settings: Settings, fmt: str | None = None) -> tuple[Path, Path]:
+    """(the shipped GGUF, the file the engine runs): the re-encoded copy, made on first use."""
+    gguf, _ = converted_model_dir(settings)
+    fmt = fmt or engine_format(settings)
+    target = weights_path(settings, gguf, fmt)
+    if fmt == "original":
+        return gguf, gguf
     return gguf, convert_weights(gguf, target, fmt, settings.models.threads or (os.cpu_count() or 1))
+
+
+def smoke_checks(settings: Settings) -> SmokeChecks:
+    folder = settings.model_cache_path if _writable(settings.model_cache_path) else settings.data_path / "models"
+    return SmokeChecks(folder / "engine-checks.json")
+
+
+def choose_weights(settings: Settings, checks: SmokeChecks | None = None) -> tuple[Path, Path, str, list[str]]:
+    """(GGUF, weights, format, problems): the first format in `format_order` whose check decodes in a child.
+
+    Re-encoding and the first decode both happen in the child, so a build that cannot run a format costs a
+    log line, not the server. Raises BackendUnavailable, naming every cause, when no format runs.
+    """
+    gguf, _ = converted_model_dir(settings)
+    checks = checks or smoke_checks(settings)
+    threads = settings.models.threads or (os.cpu_count() or 1)
+    problems: list[str] = []
+    for fmt in format_order(settings):
+        target = weights_path(settings, gguf, fmt)
+        convert = {} if fmt == "original" else {"convert_from": gguf, "fmt": fmt}
+        result = checks.check(target, threads=threads, **convert)
+        if result.ok:
+            log.info("llama.cpp engine check passed for %s weights: %s", fmt, result.detail)
+            return gguf, target, fmt, problems
+        problems.append(explain(fmt, result))
+        log.error("%s", problems[-1])
+    raise BackendUnavailable("no weight format runs on this llama.cpp build: " + " | ".join(problems))
 
 
 class LlamaCppBackend(PromptTools):
@@ -114,11 +157,17 @@ class LlamaCppBackend(PromptTools):
         self._stop_ids: set[int] = set()
         self._adapter_lock = threading.Lock()
         self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
+        self._checks = smoke_checks(settings)
+        # What /readyz shows: the format asked for, the one running, and why they differ.
+        self.engine_status: dict[str, Any] = {"requested": settings.models.engine_format, "format": None}
 
     # -- life cycle -------------------------------------------------------------------------
     def load(self) -> None:
         m = self.settings.models
-        self.base_gguf, weights = engine_weights(self.settings)
+        self.base_gguf, weights, fmt, problems = choose_weights(self.settings, self._checks)
+        self.engine_status = {"requested": m.engine_format, "format": fmt, "problems": problems}
+        if problems:
+            log.warning("llama.cpp engine: serving %s weights; formats that failed their check: %d", fmt, len(problems))
         self._init_tokenizer(load_tokenizer(self.settings))
         self._base_sha = file_sha256(self.base_gguf)
         engine = LlamaEngine(
@@ -151,8 +200,8 @@ class LlamaCppBackend(PromptTools):
     @property
     def dtype(self) -> str:
         """The weights the engine runs (the model server's /info reports it)."""
-        fmt = engine_format(self.settings)
-        return "q4_1" if fmt == "original" else fmt
+        fmt = self.engine_status["format"] or engine_format(self.settings)
+        return "q4_1" if fmt == "original" else str(fmt)
 
     def close(self) -> None:
         if self.engine is not None:

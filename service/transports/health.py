@@ -25,6 +25,8 @@ async def readyz(request: Request) -> JSONResponse:
         "knowledge_base": state.kb is not None,
         "draining": state.draining,
         "error": state.load_error,
+        # The llama.cpp engine: which weight format runs, which was asked for, and what failed its check.
+        "engine": getattr(state.backend, "engine_status", None),
     }
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
