@@ -46,7 +46,7 @@ run: setup
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: setup browser
+test: setup browser pydocs
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup

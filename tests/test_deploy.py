@@ -926,10 +926,12 @@ def test_the_best_llama_cpp_build_the_cpu_runs_is_loaded(tmp_path: Path, monkeyp
     for name in cpu.VARIANTS:
         (tmp_path / name).mkdir()
         (tmp_path / name / "libllama.so").write_bytes(b"")
-    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    # setenv, not delenv: delenv of an unset name records nothing, and the choice made here would stay in
+    # this process's environment for every later test that loads llama.cpp.
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(cpu.VARIANTS["x86-64-v4-bf16"]) | {"amx_int8"})
     assert cpu.select_llama_library(str(tmp_path)) == tmp_path / "x86-64-v4-bf16"
-    monkeypatch.delenv("LLAMA_CPP_LIB_PATH")
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(cpu.VARIANTS["x86-64-v3"]))
     assert cpu.select_llama_library(str(tmp_path)) == tmp_path / "x86-64-v3"
     # An operator's own choice stands.
