@@ -77,7 +77,7 @@ def engine_check() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from service.backends.llamacpp import format_order, smoke_checks, weights_path
+    from service.backends.llamacpp import check_format, format_order, smoke_checks
     from service.backends.local import converted_model_dir
     from service.backends.smoke import explain, llama_library_dir
     from service.cpu import isa_summary
@@ -85,16 +85,13 @@ def engine_check() -> None:
     settings = _settings()
     gguf, _ = converted_model_dir(settings)
     checks = smoke_checks(settings)
-    threads = settings.models.threads or 2
     table = Table(title=f"llama.cpp engine check: {gguf.name} · CPU {isa_summary()} · {llama_library_dir()}")
     for col in ("format", "result", "detail", "seconds"):
         table.add_column(col)
     failures = []
     order = format_order(settings)
     for fmt in order:
-        target = weights_path(settings, gguf, fmt)
-        convert = {} if fmt == "original" else {"convert_from": gguf, "fmt": fmt}
-        result = checks.check(target, threads=threads, **convert)
+        _, result = check_format(settings, gguf, fmt, checks)
         table.add_row(fmt, "ok" if result.ok else "FAILED", result.detail, f"{result.seconds:.1f}")
         if not result.ok:
             failures.append(explain(fmt, result))

@@ -20,7 +20,7 @@ from typing import Any
 
 from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine, Sampling, convert_weights
 from service.backends.local import PromptTools, StopMatcher, converted_model_dir, file_sha256, load_tokenizer
-from service.backends.smoke import SmokeChecks, explain
+from service.backends.smoke import SmokeChecks, SmokeResult, explain
 from service.errors import BackendUnavailable, NotFound
 from service.protocols import Generation, GenerationParams, Message
 from service.settings import Settings
@@ -123,6 +123,15 @@ def smoke_checks(settings: Settings) -> SmokeChecks:
     return SmokeChecks(folder / "engine-checks.json")
 
 
+def check_format(settings: Settings, gguf: Path, fmt: str, checks: SmokeChecks) -> tuple[Path, SmokeResult]:
+    """(the file the engine would run in `fmt`, whether it decodes): re-encoded and decoded in a child."""
+    target = weights_path(settings, gguf, fmt)
+    threads = settings.models.threads or (os.cpu_count() or 1)
+    if fmt == "original":
+        return target, checks.check(target, threads=threads)
+    return target, checks.check(target, threads=threads, convert_from=gguf, fmt=fmt)
+
+
 def choose_weights(settings: Settings, checks: SmokeChecks | None = None) -> tuple[Path, Path, str, list[str]]:
     """(GGUF, weights, format, problems): the first format in `format_order` whose check decodes in a child.
 
@@ -131,12 +140,9 @@ def choose_weights(settings: Settings, checks: SmokeChecks | None = None) -> tup
     """
     gguf, _ = converted_model_dir(settings)
     checks = checks or smoke_checks(settings)
-    threads = settings.models.threads or (os.cpu_count() or 1)
     problems: list[str] = []
     for fmt in format_order(settings):
-        target = weights_path(settings, gguf, fmt)
-        convert = {} if fmt == "original" else {"convert_from": gguf, "fmt": fmt}
-        result = checks.check(target, threads=threads, **convert)
+        target, result = check_format(settings, gguf, fmt, checks)
         if result.ok:
             log.info("llama.cpp engine check passed for %s weights: %s", fmt, result.detail)
             return gguf, target, fmt, problems
