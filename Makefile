@@ -70,6 +70,11 @@ bench: setup pydocs
 	$(BIN)/python -m bench.search_scale
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.load
+	# Answer quality: the older prompt without penalties, then the defaults compared with it question by question.
+	ENCLAVE_RAG__PROMPT=passages-in-system ENCLAVE_MODELS__REPETITION_PENALTY=1.0 ENCLAVE_MODELS__LOOP_GUARD=false \
+		$(BIN)/python -m bench.answers --label before --out bench/results/answers_before.json
+	$(BIN)/python -m bench.answers --label default --against bench/results/answers_before.json \
+		--report bench/results/answers.md
 
 # Helm, kubernetes-validate and checkov live in their own venv (checkov pins much of the world);
 # tests/test_deploy.py builds it on first use, this target does it ahead of time.

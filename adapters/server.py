@@ -27,7 +27,8 @@ from service.settings import Settings, offline_environment
 
 log = logging.getLogger("enclave.model_server")
 
-_FINISH = {"stop": "eos_token", "length": "length", "cancelled": "length"}
+# TGI's finish reasons; the loop guard's "repetition" also goes out exactly as `enclave_finish_reason`.
+_FINISH = {"stop": "eos_token", "length": "length", "repetition": "stop_sequence", "cancelled": "length"}
 
 
 class TGIParameters(BaseModel):
@@ -37,6 +38,10 @@ class TGIParameters(BaseModel):
     top_p: float | None = Field(None, gt=0, lt=1)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, ge=0)
+    # Unset: this server's own defaults (models.*). presence_penalty is Enclave's addition to TGI's parameters.
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
     details: bool = False
     return_full_text: bool = False
     adapter_id: str | None = None
@@ -64,14 +69,19 @@ class ModelServerState:
         self.ready = True
 
 
-def _params(p: TGIParameters) -> GenerationParams:
+def _params(p: TGIParameters, settings: Settings) -> GenerationParams:
     sampling = p.do_sample or p.temperature is not None
+    m = settings.models
     return GenerationParams(
         max_tokens=p.max_new_tokens,
         temperature=(p.temperature or 1.0) if sampling else 0.0,
         top_p=p.top_p or 1.0,
         stop=p.stop,
         seed=p.seed,
+        repetition_penalty=m.repetition_penalty if p.repetition_penalty is None else p.repetition_penalty,
+        frequency_penalty=m.frequency_penalty if p.frequency_penalty is None else p.frequency_penalty,
+        presence_penalty=m.presence_penalty if p.presence_penalty is None else p.presence_penalty,
+        loop_guard=m.loop_guard,
     )
 
 
@@ -136,7 +146,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
         result = Generation()
         text, tokens = "", []
         async for piece, tid in st.backend.stream_tokens(
-            req.inputs, _params(req.parameters), req.parameters.adapter_id, result
+            req.inputs, _params(req.parameters, settings), req.parameters.adapter_id, result
         ):
             text += piece
             tokens.append({"id": tid, "text": piece, "logprob": None, "special": False})
@@ -145,6 +155,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
             "generated_text": full,
             "details": {
                 "finish_reason": _FINISH[result.finish_reason],
+                "enclave_finish_reason": result.finish_reason,
                 "generated_tokens": result.completion_tokens,
                 "seed": req.parameters.seed,
                 "prefill": [],
@@ -158,7 +169,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
             text, held = "", None
             try:
                 async for piece, tid in st.backend.stream_tokens(
-                    req.inputs, _params(req.parameters), req.parameters.adapter_id, result
+                    req.inputs, _params(req.parameters, settings), req.parameters.adapter_id, result
                 ):
                     if held is not None:  # one piece behind, so the last one can carry the summary
                         yield _event(held, None, None)
@@ -170,6 +181,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
             last = held or {"id": 0, "text": "", "logprob": None, "special": True}
             details = {
                 "finish_reason": _FINISH[result.finish_reason],
+                "enclave_finish_reason": result.finish_reason,
                 "generated_tokens": result.completion_tokens,
                 "seed": req.parameters.seed,
             }

@@ -33,6 +33,28 @@ class TokenEvent(BaseModel):
     text: str
 
 
+class SentenceCitation(BaseModel):
+    text: str
+    start: int = Field(description="Where the sentence starts in the answer's text (characters).")
+    end: int
+    cited: list[int] = Field(description="The passage numbers the answer wrote in the sentence.")
+    source: int | None = Field(description="The passage (1-based, as in `sources`) that supports it, or None.")
+    support: float = Field(description="How well that passage supports it, 0-1 (embedding cosine and word overlap).")
+    unsupported: bool = Field(description="No passage supports the sentence.")
+    corrected: bool = Field(description="`source` is not a passage the sentence cited: added or corrected.")
+
+
+class CitationsEvent(BaseModel):
+    """After a document answer: per sentence, the passage that supports it, checked against the passages."""
+
+    type: Literal["citations"] = "citations"
+    sentences: list[SentenceCitation]
+    unverified: bool = Field(
+        False, description="Most sentences are supported by no passage (or the answer looped): the passages were "
+        "quoted after it instead."
+    )
+
+
 class ModerationEvent(BaseModel):
     type: Literal["moderation"] = "moderation"
     stage: Literal["input", "output"]
@@ -50,7 +72,7 @@ class DoneEvent(BaseModel):
     type: Literal["done"] = "done"
     conversation_id: str
     message_id: str
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: Literal["stop", "length", "repetition", "cancelled"]  # repetition: the loop guard ended it
     usage: Usage
 
 
@@ -76,7 +98,7 @@ class ErrorEvent(BaseModel):
 
 
 ChatEvent = Annotated[
-    RouteEvent | SourcesEvent | TokenEvent | ModerationEvent | DoneEvent | ErrorEvent,
+    RouteEvent | SourcesEvent | TokenEvent | CitationsEvent | ModerationEvent | DoneEvent | ErrorEvent,
     Field(discriminator="type"),
 ]
 

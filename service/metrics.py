@@ -26,4 +26,10 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320),
             registry=self.registry,
         )
+        self.grounding_seconds = Histogram(
+            "enclave_grounding_seconds",
+            "Checking a document answer's sentences against its passages",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
         self.completion_tokens = Counter("enclave_completion_tokens", "Tokens generated", registry=self.registry)

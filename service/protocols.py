@@ -15,20 +15,33 @@ class Message(BaseModel):
 
 
 class GenerationParams(BaseModel):
+    """How to decode one answer. The penalties and the loop guard are off here: the pipeline (and the model
+    server) fill in the configured defaults (`models.*`) for what a request leaves unset."""
+
     max_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 0.95
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    loop_guard: bool = False
+
+
+FinishReason = Literal["stop", "length", "repetition", "cancelled"]
 
 
 @dataclass
 class Generation:
-    """What a finished stream reports besides its tokens (filled in by the backend as it goes)."""
+    """What a finished stream reports besides its tokens (filled in by the backend as it goes).
+
+    finish_reason "repetition": the loop guard ended an answer that was stuck repeating itself.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: Literal["stop", "length", "cancelled"] = "stop"
+    finish_reason: FinishReason = "stop"
 
 
 @runtime_checkable

@@ -19,6 +19,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+# Decoding against loops, used where a request leaves them unset; to be tuned on bench/answers.
+DEFAULT_REPETITION_PENALTY = 1.1
+DEFAULT_FREQUENCY_PENALTY = 0.0
+DEFAULT_PRESENCE_PENALTY = 0.0
+DEFAULT_LOOP_GUARD = True
+
 
 class ModelSettings(BaseModel):
     backend: Literal["local", "tgi", "openai", "echo"] = Field(
@@ -72,6 +78,33 @@ class ModelSettings(BaseModel):
     max_tokens: int = Field(256, description="Default answer length limit in tokens.")
     temperature: float = Field(0.2, description="Default sampling temperature; 0 is greedy.")
     top_p: float = Field(0.95, description="Default nucleus sampling mass.")
+    repetition_penalty: float = Field(
+        DEFAULT_REPETITION_PENALTY,
+        gt=0.0,
+        le=2.0,
+        description="Default repetition penalty (llama.cpp's and transformers' CTRL penalty): each token among the "
+        "last 64 of prompt and answer has a positive logit divided by it and a negative one multiplied; 1.0 is off. "
+        "Both in-process engines apply it; the tgi and openai backends forward it (vLLM and TGI take it).",
+    )
+    frequency_penalty: float = Field(
+        DEFAULT_FREQUENCY_PENALTY,
+        ge=-2.0,
+        le=2.0,
+        description="Default frequency penalty (OpenAI's): a logit is lowered by this times the number of times "
+        "its token already occurs in the answer; 0 is off.",
+    )
+    presence_penalty: float = Field(
+        DEFAULT_PRESENCE_PENALTY,
+        ge=-2.0,
+        le=2.0,
+        description="Default presence penalty (OpenAI's): a logit is lowered by this once its token occurs in the "
+        "answer; 0 is off.",
+    )
+    loop_guard: bool = Field(
+        DEFAULT_LOOP_GUARD,
+        description="In-process engines: end an answer stuck repeating itself (its last tokens one sequence of up "
+        "to 32 tokens, three times or more over 48 tokens or more) with finish_reason `repetition`.",
+    )
     system_prompt: str = Field(
         "You are Enclave, a helpful assistant running inside the company's own network. Answer concisely.",
         description="System prompt for base and adapter answers.",
@@ -121,6 +154,12 @@ class RagSettings(BaseModel):
         0.25, description="Minimum dense cosine similarity for a chunk to count as relevant."
     )
     max_query_chars: int = Field(2000, description="Longest search query accepted.")
+    prompt: Literal["passages-in-question", "passages-in-system"] = Field(
+        "passages-in-question",
+        description="RAG prompt shape: the numbered passages and the instructions in the user turn, asking for "
+        "one or two sentences that name the exact thing asked for and end with their passage number (small models "
+        "answer from it), or the passages in the system turn (the older prompt). Compared in bench/answers.",
+    )
     ingest_samples: bool = Field(True, description="Ingest the bundled sample documents on first start.")
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)  # type: ignore[arg-type]
 

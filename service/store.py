@@ -63,6 +63,7 @@ messages = Table(
     Column("route", String(16)),
     Column("adapter", String(200)),
     Column("sources", JSON),
+    Column("citations", JSON),
     Column("finish_reason", String(16)),
     Column("usage", JSON),
     Column("moderation", JSON),
@@ -108,6 +109,18 @@ class SqlConversationStore:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was created (create_all makes only missing tables), as nullable."""
+        from sqlalchemy import inspect, text
+
+        have = {c["name"] for c in inspect(self.engine).get_columns("messages")}
+        with self.engine.begin() as c:
+            for column in messages.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    c.execute(text(f'ALTER TABLE messages ADD COLUMN "{column.name}" {kind}'))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -157,6 +170,7 @@ class SqlConversationStore:
                 "route": m.route,
                 "adapter": m.adapter,
                 "sources": m.sources or [],
+                "citations": m.citations,
                 "finish_reason": m.finish_reason,
                 "usage": m.usage,
                 "moderation": m.moderation,

@@ -291,3 +291,36 @@ def test_model_server_speaks_tgi_and_the_chat_service_uses_it(trained: Path, tmp
         if chat:
             chat.stop()
         ms.stop()
+
+
+def test_penalties_and_the_loop_guard_cross_the_tgi_protocol(tmp_path: Path) -> None:
+    """The chat service over its TGI backend: the penalties reach Enclave's model server (presence_penalty as
+    Enclave's addition to TGI's parameters), and the loop guard's finish_reason comes back exactly."""
+    from tests.test_transports import LOOPING
+
+    ms = Server(tmp_path / "ms", command="model-server", log_name="model-server").start()
+    chat = None
+    try:
+        chat = Server(
+            tmp_path / "chat",
+            env={"ENCLAVE_MODELS__BACKEND": "tgi", "ENCLAVE_MODELS__URL": ms.url},
+            log_name="chat-over-tgi",
+        ).start()
+
+        def ask(max_tokens: int, **params: float) -> tuple[str, dict[str, Any]]:
+            body = {"message": LOOPING, "max_tokens": max_tokens, "temperature": 0, "repetition_penalty": 1.0, **params}
+            with httpx.stream("POST", chat.url + "/v1/chat/stream", json=body, timeout=300) as r:
+                events = sse_events(r)
+            return "".join(e["text"] for e in events if e["type"] == "token"), events[-1]
+
+        looped, done = ask(96)
+        assert done["type"] == "done" and done["finish_reason"] == "repetition", done
+        assert done["usage"]["completion_tokens"] < 96
+        # frequency_penalty 0 went with both (text-generation 0.7's client refuses 0, TGI takes -2..2).
+        penalized, done = ask(40, presence_penalty=1.0)
+        assert done["type"] == "done", done
+        assert penalized != looped[: len(penalized)]
+    finally:
+        if chat:
+            chat.stop()
+        ms.stop()

@@ -92,3 +92,48 @@ def test_markdown_from_the_model_never_runs_html(browser: Any, live_server: Serv
     assert "javascript:" not in hrefs
     assert "&lt;b&gt;code&lt;/b&gt;" in html
     page.close()
+
+
+@pytest.fixture(scope="module")
+def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real model with the sample documents ingested, for document answers."""
+    server = Server(
+        tmp_path_factory.mktemp("docs"),
+        env={"ENCLAVE_RAG__INGEST_SAMPLES": "true", "ENCLAVE_MODELS__MAX_TOKENS": "64"},
+        log_name="docs",
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_a_document_answer_shows_the_passage_behind_each_sentence(browser: Any, docs_server: Server) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(docs_server.url + "/")
+    page.wait_for_selector('#connection[data-state="open"]', timeout=15_000)
+    page.select_option("#route-select", "rag")
+    page.fill("#message-input", "How do I ingest documents into Enclave?")
+    page.press("#message-input", "Enter")
+    page.wait_for_selector(".message.assistant:not(.streaming)", timeout=120_000)
+    answer = page.locator(".message.assistant").last
+    sentences = answer.locator(".body .sentence")
+    assert sentences.count() >= 1, answer.inner_html()
+    chips = answer.locator(".body .cite")
+    assert chips.count() >= 1, answer.inner_html()  # at least one sentence is backed by a passage
+    chips.first.click()
+    passage = answer.locator(".passage")
+    passage.wait_for(timeout=5_000)
+    number = int(chips.first.inner_text().strip("[]"))
+    source = answer.locator(".sources li").nth(number - 1)
+    assert source.locator(".source-snippet").inner_text()[:40] in passage.inner_text()
+    # An unsupported sentence, if any, says so on hover.
+    for i in range(answer.locator(".sentence.unsupported").count()):
+        assert "No passage" in (answer.locator(".sentence.unsupported").nth(i).get_attribute("title") or "")
+    page.screenshot(path=str(SHOTS / "enclave-citations.png"))
+    # The stored turn keeps them: after a reload the same chips come back.
+    page.goto(docs_server.url + "/")
+    page.locator("#conversation-list .conversation .open").first.click()
+    page.wait_for_selector(".message.assistant .cite", timeout=10_000)
+    assert not errors, errors
+    page.close()

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from service.backends.decoding import find_loop
 from service.backends.local import build_local_backend
 from service.errors import InvalidRequest, NotFound
 from service.protocols import Generation, GenerationParams, Message
-from service.settings import Settings
+from service.settings import DEFAULT_REPETITION_PENALTY, Settings
 from tests.conftest import MODEL_CACHE
 
 pytestmark = pytest.mark.slow
@@ -116,6 +117,32 @@ async def test_unknown_adapter_and_oversized_answer_are_clear_errors(backend: An
     with pytest.raises(InvalidRequest, match="leaves no room"):
         async for _ in backend.stream(ask("hi"), GenerationParams(max_tokens=backend.settings.models.context_tokens)):
             pass
+
+
+# SmolLM2-135M answers this greedy with "- `git clone https://github.com/your-username/your-repo.git`" over and
+# over (in both engines), from its 14th token to any length limit.
+LOOPING = "Give me the full list of git subcommands."
+
+
+async def test_the_loop_guard_ends_a_looping_answer(backend: Any) -> None:
+    looped, r = await collect(backend, ask(LOOPING), max_tokens=96)
+    assert r.finish_reason == "length" and find_loop(backend.tokenizer.encode(looped)) is not None, looped
+    guarded, g = await collect(backend, ask(LOOPING), max_tokens=96, loop_guard=True)
+    assert g.finish_reason == "repetition" and g.completion_tokens < 96, guarded
+    # What streamed before the loop was caught stays; the rest of the loop never comes.
+    assert looped.startswith(guarded) and len(guarded) < len(looped)
+    assert guarded.count("git clone https://github.com/your-username/your-repo.git") >= 2
+
+
+async def test_penalties_keep_the_answer_out_of_the_loop(backend: Any) -> None:
+    text, r = await collect(
+        backend, ask(LOOPING), max_tokens=96, repetition_penalty=DEFAULT_REPETITION_PENALTY, loop_guard=True
+    )
+    assert text.strip()
+    assert r.finish_reason == "repetition" or find_loop(backend.tokenizer.encode(text)) is None, text
+    # OpenAI's penalties on their own move it too (the same answer in both engines: the same semantics).
+    text, r = await collect(backend, ask(LOOPING), max_tokens=96, frequency_penalty=0.5, presence_penalty=0.5)
+    assert find_loop(backend.tokenizer.encode(text)) is None, text
 
 
 # -- what only the llama.cpp engine does ----------------------------------------------------------------
@@ -452,3 +479,35 @@ async def test_prompt_lookup_checks_drafts_from_the_prompt_and_keeps_the_answers
         assert engine.stats["accepted"] > 0
     finally:
         looking.close()
+
+
+async def test_prompt_lookup_with_penalties_keeps_the_greedy_answer(
+    llama: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With penalties, each drafted position checked in one step is penalized by the tokens before it, drafts
+    included: greedy answers with prompt lookup are those of the engine without it (but at a near tie). Exactly,
+    token for token, on a toy model: tests/test_decoding.py."""
+    plain = build_local_backend(settings_for("llama_cpp", parallel=1, lookup_tokens=0))
+    plain.load()
+    trace = GreedyTrace(monkeypatch, plain.engine, llama.engine)
+    engine = llama.engine  # lookup_tokens 8 (the default), alone here
+    # Strong enough to change the answers (a repetition penalty of 1.1 already makes them paraphrase the passage,
+    # and then lookup finds nothing to draft), weak enough that the model still copies long runs of the passage.
+    penalties = {"repetition_penalty": 1.05, "frequency_penalty": 0.2, "presence_penalty": 0.05}
+    accepted0 = engine.stats["accepted"]
+    try:
+        for passage in PASSAGES[:1]:
+            msgs = ask(f"Here is a passage:\n\n{passage}\n\nRepeat the passage word for word.")
+            (text_a, _), steps_a = await collect(plain, msgs, max_tokens=48, **penalties), trace.take()
+            drafted0 = engine.stats["drafted"]
+            (text_b, r), steps_b = await collect(llama, msgs, max_tokens=48, **penalties), trace.take()
+            assert r.completion_tokens > 0 and engine.stats["drafted"] > drafted0
+            (a,), (b,) = steps_a.values(), steps_b.values()
+            k = parting(a, b)
+            if k is not None:
+                assert k < min(len(a), len(b)), (k, text_a, text_b)
+                assert a[k][1] == b[k][0] and b[k][1] == a[k][0], (k, a[k], b[k], text_a, text_b)
+                assert a[k][2] < NEAR_TIE and b[k][2] < NEAR_TIE, (k, a[k], b[k], text_a, text_b)
+        assert engine.stats["accepted"] > accepted0  # some drafts were checked and kept under the penalties
+    finally:
+        plain.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import Server
@@ -84,3 +86,41 @@ def test_sigterm_drains_open_streams(tmp_path: Path) -> None:
     assert refused in (503, "closed")
     assert events and events[-1]["type"] == "done" and events[-1]["finish_reason"] == "stop"
     assert "".join(e["text"] for e in events if e["type"] == "token") == "echo: " + " ".join(["word"] * 40)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_from_before_citations_gains_the_column_and_keeps_its_turns(tmp_path: Path, backend: str) -> None:
+    """An existing store, made before `citations` was a column, opens, keeps its messages and stores citations."""
+    import sqlalchemy as sa
+
+    from service.store import SqlConversationStore
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        name = f"enclave_migrate_{os.getpid()}"
+        admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+            c.execute(sa.text(f"CREATE DATABASE {name}"))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    old = SqlConversationStore(url)
+    cid = old.create_conversation("before")
+    mid = old.add_message(cid, "assistant", "an answer [1].", sources=[{"id": "a"}])
+    with old.engine.begin() as c:  # the table as it was: no citations column
+        c.execute(sa.text("ALTER TABLE messages DROP COLUMN citations"))
+    old.close()
+    store = SqlConversationStore(url)
+    try:
+        conv = store.get_conversation(cid)
+        assert conv is not None and conv["messages"][0]["content"] == "an answer [1]."
+        assert conv["messages"][0]["citations"] is None
+        citations = {"sentences": [{"text": "an answer [1].", "source": 1}], "unverified": False}
+        store.update_message(mid, citations=citations)
+        assert store.get_conversation(cid)["messages"][0]["citations"]["sentences"][0]["source"] == 1  # type: ignore[index]
+    finally:
+        store.close()
+        if backend == "postgresql":
+            with admin.connect() as c:
+                c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))

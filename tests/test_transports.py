@@ -242,3 +242,85 @@ def test_metrics_count_requests_and_tokens(echo_server: Server) -> None:
     ):
         assert name in text
     assert 'enclave_chat_requests_total{transport="sse"}' in text
+
+
+# SmolLM2-135M answers this greedy with one line over and over (tests/test_engine.py).
+LOOPING = "Give me the full list of git subcommands."
+
+
+def test_openai_frequency_and_presence_penalties_are_honoured(live_server: Server) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0)
+    ask: dict[str, Any] = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
+    plain = client.chat.completions.create(**ask).choices[0].message.content
+    assert plain == client.chat.completions.create(**ask).choices[0].message.content  # greedy: the same again
+    for penalty in ({"frequency_penalty": 1.5}, {"presence_penalty": 1.5}):
+        penalized = client.chat.completions.create(**ask, **penalty).choices[0].message.content
+        assert penalized and penalized != plain, (penalty, plain)
+
+
+def test_penalties_out_of_range_are_refused_on_every_transport(echo_server: Server) -> None:
+    import openai
+    from openai import OpenAI
+
+    client = OpenAI(base_url=echo_server.url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    for bad, name in (
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"presence_penalty": -2.1}, "presence_penalty"),
+        ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=name):
+            client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, **bad)  # type: ignore[call-overload]
+    ok = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=messages, frequency_penalty=-2, presence_penalty=2
+    )
+    assert ok.choices[0].message.content
+    sse = echo_server.post("/v1/chat/stream", json={"message": "hi", "frequency_penalty": 3})
+    assert sse.status_code == 400 and "frequency_penalty" in sse.json()["error"]["message"]
+    with connect(echo_server.ws_url) as ws:
+        ws.send(json.dumps({"type": "chat", "message": "hi", "repetition_penalty": 2.5}))
+        ev = ws_events(ws, timeout=10)[-1]
+        assert ev["type"] == "error" and ev["code"] == "invalid_request" and "repetition_penalty" in ev["message"]
+
+
+def test_a_looping_answer_ends_with_repetition_on_every_transport(live_server: Server) -> None:
+    """The loop guard's finish_reason: as is in WebSocket and SSE `done` events and in the stored turn; OpenAI
+    clients get "stop" (a value they know) and the exact reason in the `enclave` field."""
+    from openai import OpenAI
+
+    # No repetition penalty (the default would keep this answer out of its loop): the guard must end it.
+    body = {"message": LOOPING, "max_tokens": 96, "temperature": 0, "repetition_penalty": 1.0}
+    with httpx.stream("POST", live_server.url + "/v1/chat/stream", json=body, timeout=120) as r:
+        events = sse_events(r)
+    done = events[-1]
+    assert done["type"] == "done" and done["finish_reason"] == "repetition", done
+    assert done["usage"]["completion_tokens"] < 96
+    text = assert_complete_stream(events)
+    assert text.count("git clone") >= 2
+    turn = live_server.get(f"/v1/conversations/{done['conversation_id']}").json()["messages"][1]
+    assert turn["finish_reason"] == "repetition" and turn["content"] == text
+    with connect(live_server.ws_url) as ws:
+        ws.send(json.dumps({"type": "chat", **body}))
+        assert ws_events(ws)[-1]["finish_reason"] == "repetition"
+
+    client = OpenAI(base_url=live_server.url + "/v1", api_key="unused", max_retries=0)
+    ask: dict[str, Any] = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": LOOPING}],
+        "max_tokens": 96,
+        "temperature": 0,
+        "extra_body": {"repetition_penalty": 1.0},
+    }
+    resp = client.chat.completions.create(**ask)
+    assert resp.choices[0].finish_reason == "stop"
+    assert (resp.model_extra or {})["enclave"]["finish_reason"] == "repetition"
+    last = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].finish_reason]
+    assert last[-1].choices[0].finish_reason == "stop"
+    assert (last[-1].model_extra or {})["enclave"]["finish_reason"] == "repetition"

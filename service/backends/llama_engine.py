@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from service.backends.decoding import LoopGuard, Penalties, PenaltyState
+
 log = logging.getLogger(__name__)
 
 # ggml prints every tensor it loads to stderr; keep only its warnings and errors (level 3 and 4 of ggml_log_level).
@@ -131,6 +133,8 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    penalties: Penalties = field(default_factory=Penalties)
+    loop_guard: bool = False  # end the answer ("repetition") once it is stuck repeating (decoding.LoopGuard)
 
 
 # Tokens this much less likely than the best one (e^-27 ≈ 2e-12; under 1e-7 together) are never drawn.
@@ -138,13 +142,26 @@ _NEGLIGIBLE_LOGIT = 27.0
 
 
 class TokenSampler:
-    """Greedy (the first highest logit, as llama.cpp's greedy sampler) or temperature + top-p with a seed."""
+    """Greedy (the first highest logit, as llama.cpp's greedy sampler) or temperature + top-p with a seed.
 
-    def __init__(self, s: Sampling) -> None:
+    With penalties, `penalize` gives the logits to sample from and `accept` records each token of the answer;
+    without, `penalties` is None and the logits are sampled as they are.
+    """
+
+    def __init__(self, s: Sampling, prompt: Sequence[int] = (), exempt: frozenset[int] = frozenset()) -> None:
         self.greedy = s.temperature <= 0
         self.temperature = s.temperature
         self.top_p = s.top_p
         self.rng = np.random.default_rng(s.seed if s.seed is not None else time.time_ns())
+        self.penalties = PenaltyState(s.penalties, prompt, exempt) if s.penalties.active else None
+
+    def penalize(self, logits: Any, ahead: Sequence[int] = ()) -> Any:
+        """The logits of the position after the accepted tokens and then `ahead`, penalized."""
+        return logits if self.penalties is None else self.penalties.apply(logits, ahead)
+
+    def accept(self, tok: int) -> None:
+        if self.penalties is not None:
+            self.penalties.push(tok)
 
     def sample(self, logits: Any) -> int:
         if self.greedy:
@@ -203,7 +220,7 @@ LOOKUP_START = 2
 class Finish:
     """The last thing a request emits (unless it emits an exception)."""
 
-    reason: str  # "stop", "length", "cancelled"
+    reason: str  # "stop", "length", "repetition" (the loop guard), "cancelled"
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -226,6 +243,7 @@ class EngineRequest:
     n_out: int = 0
     cached: int = 0
     sampler: TokenSampler | None = None
+    guard: LoopGuard | None = None
     decoder: Any = None
     # Prompt lookup: where the token after each LOOKUP_NGRAM-gram of the tokens so far last was, how far that is
     # indexed, and how many drafts to try next.
@@ -502,7 +520,8 @@ class LlamaEngine:
                 self.stats["prefix_hits"] += 1
                 self.stats["prefix_tokens"] += keep
             req.pending = list(req.ids[keep:])
-            req.sampler = TokenSampler(req.sampling)
+            req.sampler = TokenSampler(req.sampling, req.ids, req.stop_ids)
+            req.guard = LoopGuard() if req.sampling.loop_guard else None
             req.decoder = codecs.getincrementaldecoder("utf-8")("replace")
             if adapter is not None:
                 adapter.users += 1
@@ -634,14 +653,15 @@ class LlamaEngine:
         for req, drafts in outputs:
             sampler, slot = req.sampler, req.slot  # both stay set until a token is taken below
             assert sampler is not None and slot is not None
-            # The model's tokens after the last known one: one per draft it agreed with, then one more.
+            # The model's tokens after the last known one: one per draft it agreed with, then one more. Penalties
+            # at a drafted position count the drafts before it, as if the answer had been decoded one by one.
             picks: list[int] = []
             for i, draft in enumerate(drafts):
-                picks.append(sampler.verify(logits[row + i], draft))
+                picks.append(sampler.verify(sampler.penalize(logits[row + i], picks), draft))
                 if picks[-1] != draft:
                     break
             else:
-                picks.append(sampler.sample(logits[row + len(drafts)]))
+                picks.append(sampler.sample(sampler.penalize(logits[row + len(drafts)], picks)))
             row += 1 + len(drafts)
             if drafts:
                 agreed = len(picks) - 1
@@ -690,12 +710,17 @@ class LlamaEngine:
         if eog or tok in req.stop_ids:
             self._finish(req, "stop")
             return
+        if req.guard is not None and req.guard.push(tok):  # the answer is looping: this token and all after go
+            self._finish(req, "repetition")
+            return
         req.n_out += 1
         text = req.decoder.decode(piece)
         self._emit(req, (text, tok))
         if req.n_out >= req.sampling.max_tokens:
             self._finish(req, "length")
             return
+        assert req.sampler is not None
+        req.sampler.accept(tok)
         req.pending = [tok]
 
     def _emit(self, req: EngineRequest, item: Any) -> None:

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine, Sampling, convert_weights
-from service.backends.local import PromptTools, StopMatcher, converted_model_dir, file_sha256, load_tokenizer
+from service.backends.local import (
+    PromptTools,
+    StopMatcher,
+    converted_model_dir,
+    file_sha256,
+    load_tokenizer,
+    penalties_of,
+)
 from service.backends.smoke import SmokeChecks, SmokeResult, explain
 from service.errors import BackendUnavailable, NotFound
 from service.protocols import Generation, GenerationParams, Message
@@ -261,7 +268,14 @@ class LlamaCppBackend(PromptTools):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         req = EngineRequest(
             ids=ids,
-            sampling=Sampling(params.max_tokens, params.temperature, params.top_p, params.seed),
+            sampling=Sampling(
+                params.max_tokens,
+                params.temperature,
+                params.top_p,
+                params.seed,
+                penalties=penalties_of(params),
+                loop_guard=params.loop_guard,
+            ),
             adapter=adapter,
             emit=lambda item: mailbox.post(queue, item),
             stop_ids=frozenset(self._stop_ids),

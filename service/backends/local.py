@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.backends.decoding import LoopGuard, Penalties, PenaltyState
 from service.errors import BackendUnavailable, InvalidRequest, NotFound
 from service.protocols import Generation, GenerationParams, Message
 from service.settings import Settings
@@ -130,6 +131,10 @@ class StopMatcher:
                     hold = max(hold, n)
                     break
         return text[: len(text) - hold], False
+
+
+def penalties_of(params: GenerationParams) -> Penalties:
+    return Penalties(params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
 
 
 def build_local_backend(settings: Settings) -> TransformersBackend | Any:
@@ -366,6 +371,10 @@ class TransformersBackend(PromptTools):
         seed = params.seed if params.seed is not None else time.time_ns() % 2**31
         gen = torch.Generator().manual_seed(seed)
         matcher = StopMatcher(params.stop)
+        # The same penalties and loop guard as the llama.cpp engine's (service/backends/decoding.py).
+        penalties = penalties_of(params)
+        state = PenaltyState(penalties, ids, self._stop_ids) if penalties.active else None
+        guard = LoopGuard() if params.loop_guard else None
         out_ids: list[int] = []
         sent = 0
         result.finish_reason = "length"
@@ -376,10 +385,17 @@ class TransformersBackend(PromptTools):
                     result.finish_reason = "cancelled"
                     return
                 logits = out.logits[0, -1, :].float()
+                if state is not None:
+                    logits = torch.from_numpy(state.apply(logits.numpy()))
                 token = _sample(logits, params.temperature, params.top_p, gen)
                 if token in self._stop_ids:
                     result.finish_reason = "stop"
                     break
+                if guard is not None and guard.push(token):  # looping: this token and all after it go
+                    result.finish_reason = "repetition"
+                    break
+                if state is not None:
+                    state.push(token)
                 out_ids.append(token)
                 result.completion_tokens = len(out_ids)
                 text = self.tokenizer.decode(out_ids, skip_special_tokens=True)

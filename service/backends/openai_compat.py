@@ -1,4 +1,8 @@
-"""Generation through an OpenAI-compatible server (vLLM with --enable-lora): the adapter is the model name."""
+"""Generation through an OpenAI-compatible server (vLLM with --enable-lora): the adapter is the model name.
+
+frequency_penalty and presence_penalty are OpenAI's own; repetition_penalty goes as vLLM's extra parameter,
+only when it is on (a server that does not know it may refuse it, rather than ignore it unseen).
+"""
 
 from __future__ import annotations
 
@@ -74,6 +78,8 @@ class OpenAIBackend:
         await self._refresh()
         result = result if result is not None else Generation()
         extra: dict[str, Any] = {"seed": params.seed} if params.seed is not None else {}
+        if params.repetition_penalty != 1.0:
+            extra["extra_body"] = {"repetition_penalty": params.repetition_penalty}
         try:
             stream = await self.client.chat.completions.create(  # type: ignore[call-overload]
                 model=adapter or self.settings.models.name,
@@ -81,6 +87,8 @@ class OpenAIBackend:
                 max_tokens=params.max_tokens,
                 temperature=params.temperature,
                 top_p=params.top_p,
+                frequency_penalty=params.frequency_penalty,
+                presence_penalty=params.presence_penalty,
                 stop=params.stop or None,
                 stream=True,
                 stream_options={"include_usage": True},

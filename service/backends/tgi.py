@@ -2,6 +2,8 @@
 
 Enclave's own model server speaks it, and so does Hugging Face TGI with multi-LoRA. The chat
 template is applied here (TGI's /generate takes a prompt), with the base model's tokenizer.
+repetition_penalty and frequency_penalty are TGI's own parameters; presence_penalty is not, so only
+Enclave's model server is sent one (a stock TGI would drop it unseen: that is an error here instead).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+from pydantic import field_validator
 from text_generation import AsyncClient
 from text_generation.errors import parse_error
 from text_generation.types import Parameters, Request, StreamResponse
@@ -22,18 +25,29 @@ from service.settings import Settings
 
 
 class AdapterParameters(Parameters):
-    """TGI's parameters plus `adapter_id`, which TGI servers with LoRA accept and 0.7's client lacks."""
+    """TGI's parameters plus `adapter_id`, which TGI servers with LoRA accept and 0.7's client lacks, and
+    `presence_penalty`, which only Enclave's model server takes."""
 
     adapter_id: str | None = None
+    presence_penalty: float | None = None
+
+    @field_validator("frequency_penalty")
+    @classmethod
+    def valid_frequency_penalty(cls, v: float | None) -> float | None:
+        return v  # TGI takes -2..2 (0 is off); 0.7's client refuses anything not above 0
 
 
 class AdapterClient(AsyncClient):
     async def generate_stream_adapter(
         self, prompt: str, parameters: AdapterParameters
-    ) -> AsyncIterator[StreamResponse]:
+    ) -> AsyncIterator[tuple[StreamResponse, str | None]]:
+        """Each streamed token, with the exact finish reason Enclave's model server adds to the last one
+        (TGI's three values have no word for the loop guard's "repetition")."""
         request = Request(inputs=prompt, stream=True, parameters=parameters)
         body = request.model_dump()
         body["parameters"]["adapter_id"] = parameters.adapter_id
+        if parameters.presence_penalty is not None:
+            body["parameters"]["presence_penalty"] = parameters.presence_penalty
         async with (
             httpx.AsyncClient(headers=self.headers, timeout=self.timeout.total) as http,
             http.stream("POST", self.base_url, json=body) as resp,
@@ -45,7 +59,7 @@ class AdapterClient(AsyncClient):
                     payload = json.loads(line[5:])
                     if "error" in payload:
                         raise parse_error(resp.status_code, payload)
-                    yield StreamResponse(**payload)
+                    yield StreamResponse(**payload), (payload.get("details") or {}).get("enclave_finish_reason")
 
 
 class TGIBackend:
@@ -61,6 +75,7 @@ class TGIBackend:
         self.tokenizer: Any = None
         self._adapters: list[str] = []
         self._adapters_at = 0.0
+        self._enclave = False  # the server is Enclave's own model server (which takes presence_penalty)
 
     async def aload(self) -> None:
         import asyncio
@@ -80,6 +95,7 @@ class TGIBackend:
             async with httpx.AsyncClient(timeout=5) as http:
                 info = (await http.get(self.url + "/info")).json()
             self._adapters = list(info.get("adapters") or [])
+            self._enclave = info.get("router") == "enclave"
             self._adapters_at = time.monotonic()
         except (httpx.HTTPError, ValueError) as exc:
             if force:
@@ -113,6 +129,8 @@ class TGIBackend:
         prompt = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         result.prompt_tokens = self.count_tokens(prompt)
         sampling = params.temperature > 0
+        if params.presence_penalty and not self._enclave:
+            raise InvalidRequest("presence_penalty is not part of TGI's protocol; this model server cannot apply it")
         parameters = AdapterParameters(
             max_new_tokens=params.max_tokens,
             do_sample=sampling,
@@ -122,16 +140,22 @@ class TGIBackend:
             seed=params.seed,
             details=True,
             adapter_id=adapter,
+            # Always sent, off included: Enclave's model server would otherwise apply its own defaults.
+            repetition_penalty=params.repetition_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty if self._enclave else None,
         )
         result.finish_reason = "cancelled"
         try:
-            async for resp in self.client.generate_stream_adapter(prompt, parameters):
+            async for resp, exact in self.client.generate_stream_adapter(prompt, parameters):
                 if not resp.token.special and resp.token.text:
                     result.completion_tokens += 1
                     yield resp.token.text
                 if resp.details is not None:
                     result.completion_tokens = resp.details.generated_tokens
                     result.finish_reason = "length" if resp.details.finish_reason.value == "length" else "stop"
+                    if exact == "repetition":
+                        result.finish_reason = "repetition"
         except tgi_errors.ValidationError as exc:
             if "adapter" in str(exc):
                 raise NotFound(str(exc)) from exc

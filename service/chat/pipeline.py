@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from service.chat import rag
+from service.chat import grounding, rag
 from service.chat.admission import Admission, Ticket
 from service.chat.moderation import OutputGate
 from service.chat.router import RetrievalSignals, SignalRouter, domain_scores, is_small_talk
@@ -27,6 +27,7 @@ from service.errors import (
     as_enclave_error,
 )
 from service.events import (
+    CitationsEvent,
     DoneEvent,
     ErrorEvent,
     ModerationEvent,
@@ -52,7 +53,7 @@ from service.store import ConversationStore
 
 log = logging.getLogger(__name__)
 
-Event = RouteEvent | SourcesEvent | TokenEvent | ModerationEvent | DoneEvent | ErrorEvent
+Event = RouteEvent | SourcesEvent | TokenEvent | CitationsEvent | ModerationEvent | DoneEvent | ErrorEvent
 
 # How often a streaming answer is written to the store, so a crash loses at most this much.
 SAVE_EVERY_S = 1.0
@@ -117,6 +118,10 @@ class ChatPipeline:
             top_p=req.top_p or m.top_p,
             stop=req.stop or [],
             seed=req.seed,
+            repetition_penalty=m.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+            frequency_penalty=m.frequency_penalty if req.frequency_penalty is None else req.frequency_penalty,
+            presence_penalty=m.presence_penalty if req.presence_penalty is None else req.presence_penalty,
+            loop_guard=m.loop_guard,
         )
 
     # -- the run ------------------------------------------------------------------------------
@@ -206,6 +211,7 @@ class ChatPipeline:
 
         # 4. The prompt.
         params = self.params(req)
+        relevant: list[Chunk] = []
         if route.kind == "rag":
             relevant = [
                 c
@@ -221,7 +227,7 @@ class ChatPipeline:
                 yield TokenEvent(text=text)
                 yield await self._finish(turn, Generation(finish_reason="stop"))
                 return
-            messages = [*history, *rag.rag_messages(message, relevant)]
+            messages = [*history, *rag.rag_messages(message, relevant, self.settings.rag.prompt)]
             # The RAG system prompt must come first for chat templates that want one system turn.
             messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
         else:
@@ -277,11 +283,29 @@ class ChatPipeline:
             yield ModerationEvent(stage="output", action="redact", categories=gate.verdict.categories)
         if cancel.is_set():
             result.finish_reason = "cancelled"
+        if relevant and turn.text.strip() and self.embed is not None and result.finish_reason != "cancelled":
+            async for event in self._ground(turn, relevant, result):
+                yield event
         elapsed = time.perf_counter() - started
         if result.completion_tokens and elapsed > 0:
             self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
         self.metrics.completion_tokens.inc(result.completion_tokens)
         yield await self._finish(turn, result)
+
+    async def _ground(self, turn: _Turn, passages: list[Chunk], result: Generation) -> AsyncIterator[Event]:
+        """Checks each sentence of a document answer against the passages; quotes them when it cannot be verified."""
+        assert self.embed is not None
+        t0 = time.perf_counter()
+        checked = await asyncio.to_thread(grounding.ground, turn.text, [c.text for c in passages], self.embed)
+        self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
+        unverified = grounding.unverified(checked) or result.finish_reason == "repetition"
+        sentences = grounding.citations(checked)
+        turn.citations = {"sentences": sentences, "unverified": unverified}
+        if unverified:  # the notice first: the citations' spans point into the answer before it
+            notice = grounding.quoted_passages([(c.title, c.text) for c in passages])
+            turn.text += notice
+            yield TokenEvent(text=notice)
+        yield CitationsEvent(sentences=sentences, unverified=unverified)  # type: ignore[arg-type]
 
     def _without_injections(self, chunks: list[Chunk]) -> list[Chunk]:
         """Retrieved passages carrying instructions aimed at the model never reach the prompt."""
@@ -381,6 +405,7 @@ class ChatPipeline:
             "content": turn.text,
             "status": status,
             "sources": turn.sources,
+            "citations": turn.citations,
             "finish_reason": turn.finish_reason,
             "moderation": turn.moderation,
             "error": error,
@@ -425,6 +450,7 @@ class _Turn:
         self.route: str | None = None
         self.adapter: str | None = None
         self.sources: list[dict[str, Any]] = []
+        self.citations: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.moderation: dict[str, Any] | None = None
         self.saved = False

@@ -24,6 +24,21 @@ RAG_SYSTEM = (
 
 RAG_PROMPT = ChatPromptTemplate.from_messages([("system", RAG_SYSTEM), ("human", "{question}")])
 
+# Small models follow instructions that sit next to the question far better than a system turn; asked to
+# "cite" in the abstract they answer with the citation itself ("The command is [1]."), so the instruction
+# names what a sentence must hold and where its number goes.
+DECLINE = "The documents do not say."
+QUESTION_SYSTEM = "You are Enclave, an assistant that answers from the company's documents."
+QUESTION_TURN = (
+    "Passages:\n{context}\n\n"
+    "Question: {question}\n\n"
+    "Answer in one or two sentences, using only the passages above. Name the exact command, module, function "
+    "or setting that answers the question. End each sentence with the number of the passage it comes from, "
+    "like [2]. If the passages do not answer the question, reply only: " + DECLINE
+)
+QUESTION_PROMPT = ChatPromptTemplate.from_messages([("system", QUESTION_SYSTEM), ("human", QUESTION_TURN)])
+PROMPTS = {"passages-in-system": RAG_PROMPT, "passages-in-question": QUESTION_PROMPT}
+
 CONDENSE_PROMPT = ChatPromptTemplate.from_messages(
     [
         (
@@ -58,8 +73,9 @@ def format_context(chunks: Sequence[Chunk], max_chars: int = 700) -> str:
     return "\n\n".join(parts)
 
 
-def rag_messages(question: str, chunks: Sequence[Chunk]) -> list[Message]:
-    return _to_messages(RAG_PROMPT.format_messages(context=format_context(chunks), question=question))
+def rag_messages(question: str, chunks: Sequence[Chunk], prompt: str = "passages-in-question") -> list[Message]:
+    template = PROMPTS[prompt]
+    return _to_messages(template.format_messages(context=format_context(chunks), question=question))
 
 
 def sources_of(chunks: Sequence[Chunk], snippet_chars: int = 240) -> list[Source]:

@@ -22,6 +22,15 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: list[str] | None = Field(None, max_length=4)
     seed: int | None = None
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=2.0, description="Divides the positive logits of recent tokens (1.0 is off)."
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="Lowers a token's logit by this per earlier use in the answer (0 is off)."
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="Lowers a token's logit by this once it was used in the answer (0 is off)."
+    )
     # Given by the OpenAI transport: the earlier turns the client sent, used instead of stored history.
     history: list[Message] | None = Field(None, exclude=True)
     system: str | None = Field(None, exclude=True)

@@ -2,7 +2,9 @@
 
 The official `openai` client and LangChain's ChatOpenAI work unchanged. `model` is the base
 model's name or an adapter's; Enclave's own events ride along in an `enclave` field that
-OpenAI clients ignore. Extra request fields (extra_body): conversation_id, route, collection.
+OpenAI clients ignore. Extra request fields (extra_body): conversation_id, route, collection, and
+repetition_penalty (as vLLM names it). finish_reason is OpenAI's ("stop" when the loop guard ended a
+looping answer); the exact one ("repetition") is in the `enclave` field.
 """
 
 from __future__ import annotations
@@ -53,11 +55,14 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     n: int = 1
     # Enclave extras
     conversation_id: str | None = None
     route: Literal["auto", "rag", "adapter", "base"] = "auto"
     collection: str | None = None
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
 
 
 def to_chat_request(body: CompletionRequest, base_model: str, adapters: list[str]) -> ChatRequest:
@@ -85,6 +90,9 @@ def to_chat_request(body: CompletionRequest, base_model: str, adapters: list[str
         top_p=body.top_p,
         stop=stop,
         seed=body.seed,
+        repetition_penalty=body.repetition_penalty,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
         history=history,
         system=system,
     )
@@ -153,6 +161,7 @@ async def chat_completions(
                 "enclave": {
                     "conversation_id": done.conversation_id,
                     "message_id": done.message_id,
+                    "finish_reason": done.finish_reason,
                     "events": extras,
                 },
             }
@@ -194,7 +203,7 @@ async def chat_completions(
                     "enclave": event_json(event),
                 }
                 yield f"data: {json.dumps(err)}\n\n"
-            elif isinstance(event, SourcesEvent) or event.type in ("route", "moderation"):
+            elif isinstance(event, SourcesEvent) or event.type in ("route", "moderation", "citations"):
                 yield chunk({}, None, enclave=event_json(event))
         yield "data: [DONE]\n\n"
 
@@ -202,6 +211,7 @@ async def chat_completions(
 
 
 def _finish(reason: str) -> str:
+    """OpenAI's finish_reason: clients know only its values, so the loop guard's "repetition" is a "stop"."""
     return "length" if reason == "length" else "stop"
 
 

@@ -127,6 +127,7 @@
     wrap.appendChild(body);
     if (meta.route) setRoute(wrap, meta.route, meta.adapter, meta.reason);
     if (meta.sources && meta.sources.length) setSources(wrap, meta.sources);
+    if (meta.citations && meta.citations.sentences) setCitations(wrap, content, meta.citations, meta.sources || []);
     if (meta.status && meta.status !== "complete") setStatus(wrap, meta.status);
     els.messages.appendChild(wrap);
     scrollDown();
@@ -167,6 +168,55 @@
     wrap.appendChild(box);
   }
 
+  // Each sentence of a document answer with the passage that supports it: a chip per sentence opens the
+  // passage; a sentence no passage supports is marked. The model's own [n] markers give way to the checked ones.
+  function setCitations(wrap, text, citations, sources) {
+    const body = wrap.querySelector(".body");
+    body.replaceChildren();
+    const p = document.createElement("p");
+    let pos = 0;
+    citations.sentences.forEach((c) => {
+      if (c.start > pos) p.append(text.slice(pos, c.start));
+      const span = document.createElement("span");
+      span.className = "sentence" + (c.unsupported ? " unsupported" : "");
+      span.textContent = c.text.replace(/\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]/g, "");
+      if (c.unsupported) span.title = "No passage of the documents supports this sentence.";
+      p.appendChild(span);
+      if (c.source) {
+        const chip = document.createElement("button");
+        chip.type = "button";
+        chip.className = "cite" + (c.corrected ? " corrected" : "");
+        chip.textContent = `[${c.source}]`;
+        chip.title = `support ${c.support.toFixed(2)}` + (c.corrected ? " (citation checked and corrected)" : "");
+        chip.onclick = () => showPassage(wrap, chip, sources[c.source - 1], c);
+        p.appendChild(chip);
+      }
+      pos = c.end;
+    });
+    body.appendChild(p);
+    const rest = text.slice(pos).trim();
+    if (rest) {
+      const more = document.createElement("div");
+      more.innerHTML = renderMarkdown(rest);
+      body.appendChild(more);
+    }
+  }
+
+  function showPassage(wrap, chip, source, c) {
+    wrap.querySelectorAll(".passage").forEach((e) => e.remove());
+    if (!source) return;
+    const box = document.createElement("blockquote");
+    box.className = "passage";
+    const t = document.createElement("div");
+    t.className = "source-title";
+    t.textContent = `[${c.source}] ${source.title} — support ${c.support.toFixed(2)}`;
+    const sn = document.createElement("div");
+    sn.className = "passage-text";
+    sn.textContent = source.snippet;
+    box.append(t, sn);
+    chip.closest(".body").appendChild(box);
+  }
+
   function setStatus(wrap, status, text) {
     const tag = document.createElement("div");
     tag.className = `status status-${status}`;
@@ -184,6 +234,7 @@
     switch (ev.type) {
       case "route": setRoute(wrap, ev.route, ev.adapter, ev.reason); break;
       case "sources": streaming.sources = ev.sources; if (ev.sources.length) setSources(wrap, ev.sources); break;
+      case "citations": setCitations(wrap, streaming.text, ev, streaming.sources); break;
       case "token":
         streaming.text += ev.text;
         wrap.querySelector(".body").innerHTML = renderMarkdown(streaming.text);
@@ -203,6 +254,7 @@
     if (ev.type === "done") {
       if (ev.finish_reason === "cancelled") setStatus(wrap, "cancelled");
       if (ev.finish_reason === "length") setStatus(wrap, "length", "cut at the length limit");
+      if (ev.finish_reason === "repetition") setStatus(wrap, "repetition", "stopped: the answer was repeating itself");
       const isNew = conversationId !== ev.conversation_id;
       conversationId = ev.conversation_id;
       if (isNew) history.replaceState(null, "", "#" + conversationId);
