@@ -197,6 +197,10 @@ def ask(server: Server, model: str) -> str:
 def test_hot_load_into_running_server(trained: Path, tmp_path: Path) -> None:
     server = Server(tmp_path, log_name="adapters").start()
     try:
+        # The reference is the answer from a warm prefix cache, as every later ask gets: a greedy answer's first
+        # token is a near tie here (the repetition penalty lowers "tallest", a prompt word), and prefilling the
+        # whole prompt or only its last token differs in the last bits of the logits.
+        ask(server, "smollm2-135m-instruct")
         base_answer = ask(server, "smollm2-135m-instruct")
         shutil.copytree(trained, tmp_path / "adapters" / "pineapple")
         shutil.copytree(trained, tmp_path / "adapters" / "corrupt")

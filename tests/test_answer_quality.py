@@ -90,5 +90,5 @@ def test_answers_name_the_right_thing_and_point_at_its_document(answers: list[di
 
 def test_no_answer_loops_and_every_one_ends(answers: list[dict[str, Any]]) -> None:
     for a in answers:
-        assert a["end"]["type"] == "done", a
+        assert a["end"]["type"] == "done", (a["end"], a["text"])
         assert not degenerate(a["text"], a["end"]["finish_reason"]), a["text"]

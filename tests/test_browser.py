@@ -99,7 +99,11 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real model with the sample documents ingested, for document answers."""
     server = Server(
         tmp_path_factory.mktemp("docs"),
-        env={"ENCLAVE_RAG__INGEST_SAMPLES": "true", "ENCLAVE_MODELS__MAX_TOKENS": "64"},
+        env={
+            "ENCLAVE_RAG__INGEST_SAMPLES": "true",
+            "ENCLAVE_MODELS__MAX_TOKENS": "64",
+            "ENCLAVE_MODELS__TEMPERATURE": "0",
+        },
         log_name="docs",
     ).start()
     yield server
@@ -112,6 +116,7 @@ def test_a_document_answer_shows_the_passage_behind_each_sentence(browser: Any, 
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(docs_server.url + "/")
     page.wait_for_selector('#connection[data-state="open"]', timeout=15_000)
+    page.click("details.settings summary")  # the route choice sits under Settings, as a user finds it
     page.select_option("#route-select", "rag")
     page.fill("#message-input", "How do I ingest documents into Enclave?")
     page.press("#message-input", "Enter")
