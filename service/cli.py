@@ -239,6 +239,41 @@ def chat(
     asyncio.run(main())
 
 
+models_app = typer.Typer(help="Base models.", no_args_is_help=True)
+app.add_typer(models_app, name="models", help="The base models Enclave can serve, and the one it serves.")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The catalogue of base models shipped in PyPI packages: installed or not, and which one is configured."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.backends.catalog import CATALOG, install_hint, installed
+
+    settings = _settings()
+    table = Table(title="Base models (models.base)")
+    for col in ("name", "parameters", "family", "installed", "configured", "note"):
+        table.add_column(col, no_wrap=col == "name")
+    for m in CATALOG.values():
+        configured = "yes" if m.name == settings.models.base and not settings.models.gguf_dir else ""
+        table.add_row(m.name, m.parameters, m.family, "yes" if installed(m) else "no", configured, m.note)
+    Console().print(table)
+    for m in CATALOG.values():
+        if not installed(m):
+            typer.echo(f"to install {m.name}: {install_hint(m)}")
+    if settings.models.gguf_dir:
+        typer.echo(f"configured: the operator's own GGUF in {settings.models.gguf_dir} (models.gguf_dir)")
+
+
+@models_app.command("path")
+def models_path() -> None:
+    """The configured base model's GGUF file (assembled from its parts and checked, the first time)."""
+    from service.backends.local import base_gguf
+
+    typer.echo(str(base_gguf(_settings())))
+
+
 auth_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth", help="API keys: make one for the keys file.")
 

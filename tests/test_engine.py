@@ -31,9 +31,20 @@ def settings_for(engine: str, **models: Any) -> Settings:
     return Settings(models={"engine": engine, "cache_dir": str(MODEL_CACHE), **models})  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module", params=["llama_cpp", "transformers"])
+# Both engines on both architectures of the catalogue: llama (SmolLM2) and qwen2 (Qwen2.5-Coder-0.5B), each with
+# its own chat template and end-of-turn tokens read from its GGUF.
+ENGINES_AND_BASES = [
+    ("llama_cpp", "smollm2-135m-instruct"),
+    ("transformers", "smollm2-135m-instruct"),
+    ("llama_cpp", "qwen2.5-coder-0.5b-instruct"),
+    ("transformers", "qwen2.5-coder-0.5b-instruct"),
+]
+
+
+@pytest.fixture(scope="module", params=ENGINES_AND_BASES, ids=["-".join(p) for p in ENGINES_AND_BASES])
 def backend(request: pytest.FixtureRequest) -> Iterator[Any]:
-    b = build_local_backend(settings_for(request.param))
+    engine, base = request.param
+    b = build_local_backend(settings_for(engine, base=base))
     b.load()
     yield b
     b.close()
@@ -80,6 +91,14 @@ async def test_greedy_answers_are_deterministic_and_counted(backend: Any) -> Non
     assert ra.finish_reason in ("stop", "length")
 
 
+async def test_an_answer_ends_at_the_end_of_its_turn(backend: Any) -> None:
+    """The model's end-of-turn token ends the answer ("stop"), and no special token reaches the text."""
+    text, r = await collect(backend, ask("What is the capital of France? Answer in one word."), max_tokens=24)
+    assert r.finish_reason == "stop", (text, r)
+    assert "Paris" in text
+    assert "<|" not in text and "</s>" not in text
+
+
 async def test_max_tokens_ends_with_length(backend: Any) -> None:
     text, r = await collect(backend, ask("Write a long story about a lighthouse keeper."), max_tokens=7)
     assert r.finish_reason == "length" and r.completion_tokens == 7 and text
@@ -122,19 +141,28 @@ async def test_unknown_adapter_and_oversized_answer_are_clear_errors(backend: An
 # SmolLM2-135M answers this greedy with "- `git clone https://github.com/your-username/your-repo.git`" over and
 # over (in both engines), from its 14th token to any length limit.
 LOOPING = "Give me the full list of git subcommands."
+# Per base: a prompt it loops on greedy, and a piece of the loop. Qwen2.5-Coder-0.5B lists git commands without
+# looping; asked for one word many times over, it repeats it to any limit (a loop the guard is meant to cut too).
+LOOPS = {
+    "smollm2-135m-instruct": (LOOPING, "git clone https://github.com/your-username/your-repo.git"),
+    "qwen2.5-coder-0.5b-instruct": ("Write the word hello 300 times, separated by spaces.", "hello hello"),
+}
 
 
 async def test_the_loop_guard_ends_a_looping_answer(backend: Any) -> None:
-    looped, r = await collect(backend, ask(LOOPING), max_tokens=96)
+    prompt, piece = LOOPS[backend.settings.models.base]
+    looped, r = await collect(backend, ask(prompt), max_tokens=96)
     assert r.finish_reason == "length" and find_loop(backend.tokenizer.encode(looped)) is not None, looped
-    guarded, g = await collect(backend, ask(LOOPING), max_tokens=96, loop_guard=True)
+    guarded, g = await collect(backend, ask(prompt), max_tokens=96, loop_guard=True)
     assert g.finish_reason == "repetition" and g.completion_tokens < 96, guarded
     # What streamed before the loop was caught stays; the rest of the loop never comes.
     assert looped.startswith(guarded) and len(guarded) < len(looped)
-    assert guarded.count("git clone https://github.com/your-username/your-repo.git") >= 2
+    assert guarded.count(piece) >= 2
 
 
 async def test_penalties_keep_the_answer_out_of_the_loop(backend: Any) -> None:
+    if backend.settings.models.base != "smollm2-135m-instruct":
+        pytest.skip("a prompt that loops only by mistake is known for SmolLM2; Qwen's loop above is asked for")
     text, r = await collect(
         backend, ask(LOOPING), max_tokens=96, repetition_penalty=DEFAULT_REPETITION_PENALTY, loop_guard=True
     )

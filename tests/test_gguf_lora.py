@@ -36,6 +36,9 @@ from service.settings import Settings
 from tests.conftest import MODEL_CACHE
 
 BASE = default_gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The effect tests run on both architectures the converter knows: llama (SmolLM2, q/k rows permuted) and qwen2
+# (Qwen2.5-Coder-0.5B, NeoX rope: rows kept).
+BASES = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
 N_HEAD, N_HEAD_KV, HEAD_DIM, HIDDEN = 9, 3, 64, 576
 PROMPT = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -248,21 +251,29 @@ class LlamaRunner:
         self.llm.close()
 
 
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, list[int]]:
-    from service.backends.local import load_model
+@pytest.fixture(scope="module", params=BASES)
+def base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    """(settings serving that base, its GGUF file)."""
+    from service.backends.local import base_gguf
 
     settings = Settings(
         data_dir=str(tmp_path_factory.mktemp("data")),
-        models={"cache_dir": str(MODEL_CACHE)},  # type: ignore[arg-type]
+        models={"cache_dir": str(MODEL_CACHE), "base": request.param},  # type: ignore[arg-type]
     )
-    tokenizer, model, _ = load_model(settings)
+    return settings, base_gguf(settings)
+
+
+@pytest.fixture(scope="module")
+def hf(base: tuple[Settings, Path]) -> tuple[Any, Any, list[int]]:
+    from service.backends.local import load_model
+
+    tokenizer, model, _ = load_model(base[0])
     ids = list(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True))
     return tokenizer, model, ids
 
 
 @pytest.fixture(scope="module")
-def exact_llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaRunner]:
+def exact_llama(base: tuple[Settings, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaRunner]:
     """llama.cpp on the shipped weights re-encoded as F32: the same values, no activation rounding."""
     import llama_cpp
 
@@ -272,16 +283,16 @@ def exact_llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaRunne
     params.allow_requantize = True
     params.nthread = 2
     f32 = folder / "f32.gguf"
-    assert llama_cpp.llama_model_quantize(str(BASE).encode(), str(f32).encode(), ctypes.byref(params)) == 0
+    assert llama_cpp.llama_model_quantize(str(base[1]).encode(), str(f32).encode(), ctypes.byref(params)) == 0
     runner = LlamaRunner(f32, exact=True)
     yield runner
     runner.close()
-    shutil.rmtree(folder)  # 0.5 GB; pytest would keep it around for three runs
+    shutil.rmtree(folder)  # 0.5-2 GB; pytest would keep it around for three runs
 
 
 @pytest.fixture(scope="module")
-def shipped_llama() -> Iterator[LlamaRunner]:
-    runner = LlamaRunner(BASE, exact=False)
+def shipped_llama(base: tuple[Settings, Path]) -> Iterator[LlamaRunner]:
+    runner = LlamaRunner(base[1], exact=False)
     yield runner
     runner.close()
 
@@ -328,6 +339,7 @@ EXACT = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("case", "targets", "lora", "wrong_ceiling"), EXACT, ids=[c[0] for c in EXACT])
 def test_llama_cpp_applies_the_adapter_as_peft_does(
+    base: tuple[Settings, Path],
     hf: tuple[Any, Any, list[int]],
     exact_llama: LlamaRunner,
     tmp_path: Path,
@@ -338,31 +350,32 @@ def test_llama_cpp_applies_the_adapter_as_peft_does(
 ) -> None:
     ids = hf[2]
     want = peft_adapter(hf, tmp_path, targets, 0.01, **lora)
-    base = exact_llama.logits(ids)
-    got = exact_llama.logits(ids, convert_peft_to_gguf(tmp_path, BASE)) - base
+    gguf_file = base[1]
+    plain = exact_llama.logits(ids)
+    got = exact_llama.logits(ids, convert_peft_to_gguf(tmp_path, gguf_file)) - plain
     similarity = cosine(got, want)  # every position's logits, so a misplaced rope pair cannot hide
     print(f"\n{case}: cosine {similarity:.6f}, norm ratio {np.linalg.norm(got) / np.linalg.norm(want):.6f}")
     assert similarity > 0.9999
     assert cosine(got[-1], want[-1]) > 0.9999
     assert np.linalg.norm(got) == pytest.approx(np.linalg.norm(want), rel=1e-3)  # alpha / rank scaling
-    if wrong_ceiling is not None:
+    if wrong_ceiling is not None and gguf_lora.read_base(gguf_file).arch == "llama":
         # The same adapter without the q/k row permutation: llama.cpp then rotates the wrong pairs of dimensions.
-        unpermuted = gguf_lora._convert(tmp_path, BASE, tmp_path / "unpermuted.gguf", permute_qk=False)
-        wrong = cosine(exact_llama.logits(ids, unpermuted) - base, want)
+        unpermuted = gguf_lora._convert(tmp_path, gguf_file, tmp_path / "unpermuted.gguf", permute_qk=False)
+        wrong = cosine(exact_llama.logits(ids, unpermuted) - plain, want)
         print(f"{case}: un-permuted cosine {wrong:.4f}")
         assert wrong < wrong_ceiling
 
 
 @pytest.mark.slow
 def test_shipped_quantized_base_follows_a_strong_adapter(
-    hf: tuple[Any, Any, list[int]], shipped_llama: LlamaRunner, tmp_path: Path
+    base: tuple[Settings, Path], hf: tuple[Any, Any, list[int]], shipped_llama: LlamaRunner, tmp_path: Path
 ) -> None:
-    """The Q4_1 GGUF as served: its activation rounding blurs small effects, a strong adapter still comes through."""
+    """The GGUF as shipped: its activation rounding blurs small effects, a strong adapter still comes through."""
     ids = hf[2]
     want = peft_adapter(hf, tmp_path, ["q_proj", "k_proj", "v_proj", "o_proj"], 0.05)
-    got = shipped_llama.logits(ids, ensure_gguf_adapter(tmp_path, BASE)) - shipped_llama.logits(ids)
+    got = shipped_llama.logits(ids, ensure_gguf_adapter(tmp_path, base[1])) - shipped_llama.logits(ids)
     last, every = cosine(got[-1], want[-1]), cosine(got, want)
-    print(f"\nshipped Q4_1: cosine last position {last:.4f}, all positions {every:.4f}")
+    print(f"\nshipped {base[1].name}: cosine last position {last:.4f}, all positions {every:.4f}")
     assert last > 0.9
     assert every > 0.9
     assert os.path.getsize(tmp_path / GGUF_FILE) > 0

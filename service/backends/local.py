@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.backends.catalog import CATALOG, file_sha256, locate
 from service.backends.decoding import LoopGuard, Penalties, PenaltyState
 from service.errors import BackendUnavailable, InvalidRequest, NotFound
 from service.protocols import Generation, GenerationParams, Message
@@ -41,14 +42,34 @@ def default_gguf_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def base_gguf(settings: Settings) -> Path:
+    """The GGUF file of the base model: the operator's own (models.gguf_dir), or one from the catalogue."""
+    m = settings.models
+    if m.gguf_dir:
+        given = Path(m.gguf_dir).expanduser()
+        if given.is_file():
+            return given
+        if m.gguf_file:
+            path = given / m.gguf_file
+            if not path.is_file():
+                raise BackendUnavailable(f"model file not found: {path}")
+            return path
+        found = sorted(given.glob("*.gguf")) if given.is_dir() else []
+        if len(found) != 1:
+            what = ", ".join(f.name for f in found) or "no .gguf file"
+            raise BackendUnavailable(f"models.gguf_dir {given} holds {what}: set models.gguf_file to one GGUF file")
+        return found[0]
+    model = CATALOG.get(m.base)
+    if model is None:
+        raise BackendUnavailable(f"unknown base model {m.base!r}; the catalogue has: {', '.join(CATALOG)}")
+    return locate(model, settings.model_cache_path)
+
+
 def converted_model_dir(settings: Settings) -> tuple[Path, Path]:
     """(gguf path, cache folder) — the cache key covers the file and the transformers version."""
     import transformers
 
-    gguf_dir = Path(settings.models.gguf_dir) if settings.models.gguf_dir else default_gguf_dir()
-    gguf = gguf_dir / settings.models.gguf_file
-    if not gguf.is_file():
-        raise BackendUnavailable(f"model file not found: {gguf}")
+    gguf = base_gguf(settings)
     stat = gguf.stat()
     key = hashlib.sha256(
         f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{transformers.__version__}".encode()
@@ -57,14 +78,6 @@ def converted_model_dir(settings: Settings) -> tuple[Path, Path]:
 
 
 SOURCE_FILE = "enclave-source.json"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_model_sha256(model_dir: Path) -> str:
