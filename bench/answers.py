@@ -251,7 +251,9 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
     answer = got["answer"]
     cited = [n for n in citations_in(answer) if 0 < n <= len(got["sources"])]
     cited_uris = {got["sources"][n - 1]["uri"] for n in cited}
+    t0 = time.perf_counter()
     grounded = ground(answer, passages, embed) if answer.strip() else []
+    grounding_ms = 1000 * (time.perf_counter() - t0)
     vec = embed([answer or " ", q["reference"]])
     cosine = sum(a * b for a, b in zip(vec[0], vec[1], strict=True))
     row = {
@@ -271,6 +273,8 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
         "cosine": round(float(cosine), 4),
         "declined": bool(DECLINES.search(answer)) and not names(answer, q["entity"]),
         "support_threshold": SUPPORTED,
+        # What Enclave's check costs per sentence (it embeds the sentences and the passages, then compares).
+        "grounding_ms_per_sentence": round(grounding_ms / len(grounded), 2) if grounded else None,
     }
     return row
 
@@ -335,10 +339,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
     ttft = [r["ttft_ms"] for r in rows if r["ttft_ms"] is not None]
     tps = [r["tokens_per_s"] for r in rows if r["tokens_per_s"] is not None]
+    ground_ms = [r["grounding_ms_per_sentence"] for r in rows if r.get("grounding_ms_per_sentence") is not None]
     out["speed"] = {
         "ttft_ms_p50": pct(ttft, 0.5),
         "ttft_ms_p95": pct(ttft, 0.95),
         "tokens_per_s_p50": pct(tps, 0.5),
+        "grounding_ms_per_sentence_p50": pct(ground_ms, 0.5),
+        "grounding_ms_per_sentence_p95": pct(ground_ms, 0.95),
         "prompt_tokens_mean": round(statistics.fmean(r["prompt_tokens"] for r in rows), 1) if rows else None,
     }
     return out
@@ -410,7 +417,8 @@ def report_md(result: dict[str, Any], path: Path) -> None:
     lines += [
         "",
         f"TTFT p50 {sp['ttft_ms_p50']} ms, p95 {sp['ttft_ms_p95']} ms; decode p50 {sp['tokens_per_s_p50']} tokens/s; "
-        f"prompts of {sp['prompt_tokens_mean']} tokens on average.",
+        f"prompts of {sp['prompt_tokens_mean']} tokens on average; grounding {sp.get('grounding_ms_per_sentence_p50')} "
+        f"ms per sentence p50, {sp.get('grounding_ms_per_sentence_p95')} p95.",
         "",
         f"![histograms]({png.name})",
         "",
@@ -495,14 +503,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 bar.advance(task)
 
     asyncio.run(run_all())
+    from service.backends.local import base_gguf
+    from service.chat.rag import rag_prompt_of
+
     m = settings.models
     result: dict[str, Any] = {
         "label": args.label,
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
-        "model": f"{m.name} ({m.gguf_file})",
+        "model": f"{m.name} ({base_gguf(settings).name})",
         "engine": getattr(runner.state.backend, "engine_status", None),
-        "prompt": settings.rag.prompt,
+        "prompt": rag_prompt_of(settings),
         "decoding": {
             k: v
             for k, v in m.model_dump().items()

@@ -35,18 +35,20 @@ QUESTIONS = [
 ]
 # The default model (SmolLM2-135M) named the right thing in 4 of these 10 on 2026-12-01: the floors catch a
 # regression, they are not the targets (bench/answers holds those).
-MIN_RIGHT = 3
-MIN_GROUNDED = 2
+# On 2026-12-02: SmolLM2 6 right, 8 grounded; Qwen2.5-Coder-0.5B with its prompt (passages-with-example) 6 and 7.
+# Per base: (right answers, answers grounded to their document) at least.
+FLOORS = {"smollm2-135m-instruct": (3, 2), "qwen2.5-coder-0.5b-instruct": (4, 4)}
 
 
-@pytest.fixture(scope="module")
-def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
+@pytest.fixture(scope="module", params=list(FLOORS))
+def answers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
     from service.app import State
     from service.auth import ANONYMOUS
     from service.chat.schema import ChatRequest
 
     data = tmp_path_factory.mktemp("quality")
-    settings = Settings(data_dir=str(data), models={"cache_dir": str(MODEL_CACHE), "temperature": 0.0})  # type: ignore[arg-type]
+    models = {"cache_dir": str(MODEL_CACHE), "temperature": 0.0, "base": request.param}
+    settings = Settings(data_dir=str(data), models=models)  # type: ignore[arg-type]
     state = State(settings)
 
     async def run() -> list[dict[str, Any]]:
@@ -54,7 +56,14 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str,
         assert state.ready, state.load_error
         out = []
         for question, entity, doc in QUESTIONS:
-            got: dict[str, Any] = {"question": question, "entity": entity, "doc": doc, "text": "", "sources": []}
+            got: dict[str, Any] = {
+                "question": question,
+                "entity": entity,
+                "doc": doc,
+                "text": "",
+                "sources": [],
+                "base": request.param,
+            }
             req = ChatRequest(message=question, route="rag", max_tokens=96)
             async for ev in state.pipeline.run(req, ANONYMOUS):
                 if ev.type == "token":
@@ -81,11 +90,13 @@ def grounded_to(answer: dict[str, Any]) -> set[str]:
 
 
 def test_answers_name_the_right_thing_and_point_at_its_document(answers: list[dict[str, Any]]) -> None:
+    min_right, min_grounded = FLOORS[answers[0]["base"]]
     right = [a for a in answers if names(a["text"], a["entity"])]
     grounded = [a for a in answers if a["doc"] in grounded_to(a)]
     report = "\n".join(f"{names(a['text'], a['entity'])!s:5} {a['question']} -> {a['text'][:160]!r}" for a in answers)
-    assert len(right) >= MIN_RIGHT, report
-    assert len(grounded) >= MIN_GROUNDED, report
+    print(f"\n{answers[0]['base']}: {len(right)} right, {len(grounded)} grounded to their document")
+    assert len(right) >= min_right, report
+    assert len(grounded) >= min_grounded, report
 
 
 def test_no_answer_loops_and_every_one_ends(answers: list[dict[str, Any]]) -> None:

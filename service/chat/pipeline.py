@@ -15,6 +15,7 @@ from typing import Any
 from service.chat import grounding, rag
 from service.chat.admission import Admission, Ticket
 from service.chat.moderation import OutputGate
+from service.chat.rag import rag_prompt_of
 from service.chat.router import RetrievalSignals, SignalRouter, domain_scores, is_small_talk
 from service.chat.schema import ChatRequest
 from service.errors import (
@@ -227,7 +228,7 @@ class ChatPipeline:
                 yield TokenEvent(text=text)
                 yield await self._finish(turn, Generation(finish_reason="stop"))
                 return
-            messages = [*history, *rag.rag_messages(message, relevant, self.settings.rag.prompt)]
+            messages = [*history, *rag.rag_messages(message, relevant, rag_prompt_of(self.settings))]
             # The RAG system prompt must come first for chat templates that want one system turn.
             messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
         else:

@@ -14,6 +14,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from service.events import Source
 from service.protocols import Chunk, GenerationBackend, GenerationParams, Message
+from service.settings import Settings
 
 RAG_SYSTEM = (
     "You answer questions using only the numbered context passages below. "
@@ -37,7 +38,25 @@ QUESTION_TURN = (
     "like [2]. If the passages do not answer the question, reply only: " + DECLINE
 )
 QUESTION_PROMPT = ChatPromptTemplate.from_messages([("system", QUESTION_SYSTEM), ("human", QUESTION_TURN)])
-PROMPTS = {"passages-in-system": RAG_PROMPT, "passages-in-question": QUESTION_PROMPT}
+# One worked example before the question: asked to cite, Qwen2.5-Coder-0.5B answers with the citation alone
+# ("[2]") for 10 of the 10 sample questions; shown one answer in the wanted shape, it writes sentences that name
+# the thing and end in their passage's number. The example is about a made-up tool, so nothing of it can be
+# mistaken for the company's documents.
+EXAMPLE_TURN = (
+    "Passages:\n[1] (Backups — Restoring)\nRestoring a backup\nStop the server, then run `acme restore FILE` to "
+    "restore a backup. Restores replace the data folder.\n\n[2] (Backups — Schedules)\nBackups run nightly at "
+    "02:00; set `ACME_BACKUP_HOUR` to change the hour.\n\nQuestion: Which command restores a backup?\n\n"
+    + QUESTION_TURN.split("Question: {question}\n\n", 1)[1]
+)
+EXAMPLE_ANSWER = "Run `acme restore FILE` to restore a backup [1]."
+EXAMPLE_PROMPT = ChatPromptTemplate.from_messages(
+    [("system", QUESTION_SYSTEM), ("human", EXAMPLE_TURN), ("ai", EXAMPLE_ANSWER), ("human", QUESTION_TURN)]
+)
+PROMPTS = {
+    "passages-in-system": RAG_PROMPT,
+    "passages-in-question": QUESTION_PROMPT,
+    "passages-with-example": EXAMPLE_PROMPT,
+}
 
 CONDENSE_PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -71,6 +90,16 @@ def format_context(chunks: Sequence[Chunk], max_chars: int = 700) -> str:
         where = c.title + (f" — {c.metadata['section']}" if c.metadata.get("section") else "")
         parts.append(f"[{i}] ({where})\n{c.text.strip()[:max_chars]}")
     return "\n\n".join(parts)
+
+
+def rag_prompt_of(settings: Settings) -> str:
+    """The configured prompt shape; `auto`: the base model's own (its catalogue entry), else the default."""
+    from service.backends.catalog import CATALOG
+
+    if settings.rag.prompt != "auto":
+        return settings.rag.prompt
+    model = None if settings.models.gguf_dir else CATALOG.get(settings.models.base)
+    return model.rag_prompt if model else "passages-in-question"
 
 
 def rag_messages(question: str, chunks: Sequence[Chunk], prompt: str = "passages-in-question") -> list[Message]:
