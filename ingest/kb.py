@@ -507,7 +507,8 @@ class KnowledgeBase:
         bm25 = dict(lexical)
         by_id = {}
         for cid, text, meta, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
-            cos = float(np.dot(q, np.asarray(emb, dtype=np.float32)))
+            vec = np.asarray(emb, dtype=np.float32)
+            cos = float(np.dot(q, vec))
             by_id[cid] = Chunk(
                 id=cid,
                 text=text,
@@ -521,5 +522,6 @@ class KnowledgeBase:
                     "page": meta.get("page") or None,
                     "doc_id": meta["doc_id"],
                 },
+                embedding=vec,
             )
         return [by_id[c] for c in top]

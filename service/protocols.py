@@ -85,6 +85,8 @@ class Chunk:
     uri: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The vector the knowledge base holds for `text`, when the retriever has it (grounding reuses it).
+    embedding: Any = None
 
 
 class Retriever(Protocol):

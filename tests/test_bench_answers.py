@@ -74,3 +74,26 @@ def test_support_favours_the_passage_that_says_it() -> None:
     assert grounded[0].best == 1 and grounded[0].supported_by_citation
     assert grounded[1].best == 2 and grounded[1].cited_support < grounded[1].support[1]  # cites the wrong one
     assert lexical_support("nothing here matches", passages[0]) == 0.0
+
+
+def test_grounding_reuses_the_passages_stored_vectors() -> None:
+    passages = ["json — JSON encoder and decoder.", "tarfile — Read and write tar archive files."]
+    vocab = sorted({w for t in [*passages, "Use tarfile for tar archives."] for w in t.lower().split()})
+    asked: list[str] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        asked.extend(texts)
+        return [[float(w in t.lower().split()) for w in vocab] for t in texts]
+
+    answer = "Use tarfile for tar archives [2]."
+    stored = embed(passages)
+    asked.clear()
+    again = ground(answer, passages, embed)
+    assert len(asked) == 3  # the sentence and both passages
+    asked.clear()
+    reused = ground(answer, passages, embed, stored)
+    assert len(asked) == 1  # the sentence only: the passages' vectors came from the knowledge base
+    assert [g.support for g in reused] == [g.support for g in again]
+    asked.clear()
+    ground(answer, passages, embed, [stored[0], None])  # one vector missing: all are embedded, as before
+    assert len(asked) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -96,14 +97,22 @@ def lexical_support(sentence: str, passage: str) -> float:
     return hits / len(words)
 
 
-def ground(answer: str, passages: Sequence[str], embed: Embed) -> list[Grounded]:
-    """Every sentence of `answer` scored against every passage."""
+def ground(
+    answer: str, passages: Sequence[str], embed: Embed, passage_vectors: Sequence[Any] | None = None
+) -> list[Grounded]:
+    """Every sentence of `answer` scored against every passage. `passage_vectors`: the passages' embeddings as the
+    knowledge base holds them (then only the sentences are embedded: most of the cost); else all are embedded."""
     sentences = split_sentences(answer)
     if not sentences:
         return []
     if not passages:
         return [Grounded(s, [], 0) for s in sentences]
-    vecs = np.asarray(embed([_CITE.sub("", s.text) for s in sentences] + list(passages)), dtype=np.float32)
+    texts = [_CITE.sub("", s.text) for s in sentences]
+    known = passage_vectors is not None and len(passage_vectors) == len(passages)
+    if known and all(v is not None for v in passage_vectors or ()):
+        vecs = np.vstack([np.asarray(embed(texts), dtype=np.float32), np.asarray(passage_vectors, dtype=np.float32)])
+    else:
+        vecs = np.asarray(embed(texts + list(passages)), dtype=np.float32)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-9)
     cos = vecs[: len(sentences)] @ vecs[len(sentences) :].T
     out = []

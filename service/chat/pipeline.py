@@ -297,7 +297,9 @@ class ChatPipeline:
         """Checks each sentence of a document answer against the passages; quotes them when it cannot be verified."""
         assert self.embed is not None
         t0 = time.perf_counter()
-        checked = await asyncio.to_thread(grounding.ground, turn.text, [c.text for c in passages], self.embed)
+        checked = await asyncio.to_thread(
+            grounding.ground, turn.text, [c.text for c in passages], self.embed, [c.embedding for c in passages]
+        )
         self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
         unverified = grounding.unverified(checked) or result.finish_reason == "repetition"
         sentences = grounding.citations(checked)
