@@ -46,9 +46,10 @@ print(json.dumps({"text": out["choices"][0]["text"], "info": llama_cpp.llama_pri
 
 def weight_files(cache: Path) -> dict[str, Path]:
     """The shipped Q4_1 file and the engine's re-encodings of it (made by `make setup`'s engine check)."""
-    from service.backends.local import default_gguf_dir
+    from service.backends.local import base_gguf
+    from service.settings import Settings
 
-    shipped = default_gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    shipped = base_gguf(Settings())  # the default catalogue model as shipped (SmolLM2's Q4_1)
     files = {"original": shipped}
     for fmt in ("q8_0", "f16", "bf16"):
         found = sorted(cache.glob(f"{shipped.stem}-*.{fmt}.gguf"))

