@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 
 Release = Callable[[], None]
 
+# Atomically: forget this key's requests older than a minute; if fewer than the limit remain, log this one
+# and return -1, else return the oldest one's time (the caller's Retry-After). A sliding window, as in one
+# process: a fixed per-minute counter would let 2 x the limit through across a minute's boundary.
+_TAKE_REQUEST = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], 61)
+return -1
+"""
+
 # Atomically: drop expired streams of this key, and take a slot if one is free. Returns 1 if taken.
 _TAKE_STREAM = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -47,6 +60,7 @@ class KeyLimits:
 
             self._redis = aioredis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self._take = self._redis.register_script(_TAKE_STREAM)
+            self._take_request = self._redis.register_script(_TAKE_REQUEST)
 
     @property
     def shared(self) -> bool:
@@ -98,13 +112,14 @@ class KeyLimits:
         r = self._redis
         now = time.time()
         if self.rpm:
-            window = int(now // 60)
-            key = f"enclave:rate:{who}:{window}"
-            count = await r.incr(key)
-            if count == 1:
-                await r.expire(key, 120)
-            if count > self.rpm:
-                raise Overloaded(f"rate limit: {self.rpm} requests per minute for this key", retry_after=60 - now % 60)
+            oldest = await self._take_request(
+                keys=[f"enclave:requests:{who}"], args=[now - 60, self.rpm, now, uuid.uuid4().hex]
+            )
+            if float(oldest) >= 0:
+                raise Overloaded(
+                    f"rate limit: {self.rpm} requests per minute for this key",
+                    retry_after=max(0.0, 60 - (now - float(oldest))),
+                )
         if not self.max_streams:
             return _noop
         key = f"enclave:streams:{who}"
