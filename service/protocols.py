@@ -102,7 +102,10 @@ class Verdict:
 
 
 class Moderator(Protocol):
-    def check(self, text: str, stage: Literal["input", "output", "context"]) -> Verdict: ...
+    """Called on the event loop for every message, retrieved passage and growing answer: a check that
+    waits (a guard model) awaits; one that only computes returns at once."""
+
+    async def check(self, text: str, stage: Literal["input", "output", "context"]) -> Verdict: ...
 
 
 @dataclass

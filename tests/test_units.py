@@ -31,7 +31,7 @@ def test_stop_matcher_holds_back_a_possible_stop() -> None:
 class RegexModerator:
     """A fake at the Moderator seam: blocks 'forbidden', redacts e-mail addresses."""
 
-    def check(self, text: str, stage: Literal["input", "output"]) -> Verdict:
+    async def check(self, text: str, stage: Literal["input", "output"]) -> Verdict:
         if "forbidden" in text:
             return Verdict("block", ["test"])
         spans = [m.span() for m in re.finditer(r"\S+@\S+\.\w+", text)]
@@ -40,9 +40,9 @@ class RegexModerator:
 
 def run_gate(pieces: list[str], window: int = 3) -> tuple[str, OutputGate]:
     gate = OutputGate(RegexModerator(), window)
-    out = [t for p in pieces for t in gate.push(p)]
+    out = [t for p in pieces for t in asyncio.run(gate.push(p))]
     if not gate.blocked:
-        out += gate.finish()
+        out += asyncio.run(gate.finish())
     return "".join(out), gate
 
 
@@ -60,7 +60,7 @@ def test_gate_redacts_across_piece_boundaries() -> None:
 
 def test_gate_without_moderator_passes_through() -> None:
     gate = OutputGate(None, 8)
-    assert gate.push("a") == ["a"] and gate.finish() == []
+    assert asyncio.run(gate.push("a")) == ["a"] and asyncio.run(gate.finish()) == []
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -23,7 +23,7 @@ class OutputGate:
         self.blocked = False
         self.redacted = False
 
-    def push(self, piece: str) -> list[str]:
+    async def push(self, piece: str) -> list[str]:
         if self.moderator is None:
             return [piece]
         if self.blocked:
@@ -32,23 +32,23 @@ class OutputGate:
         self.pending.append(len(piece))
         if len(self.pending) <= self.window:
             return []
-        if not self._check():
+        if not await self._check():
             return []
         keep = sum(self.pending[-self.window :])
         self.pending = self.pending[-self.window :]
         return self._release(len(self.raw) - keep)
 
-    def finish(self) -> list[str]:
+    async def finish(self) -> list[str]:
         if self.moderator is None or self.blocked:
             return []
-        if not self._check():
+        if not await self._check():
             return []
         self.pending = []
         return self._release(len(self.raw))
 
-    def _check(self) -> bool:
+    async def _check(self) -> bool:
         assert self.moderator is not None
-        self.verdict = self.moderator.check(self.raw, "output")
+        self.verdict = await self.moderator.check(self.raw, "output")
         if self.verdict.action == "block":
             self.blocked = True
             return False

@@ -172,7 +172,7 @@ class ChatPipeline:
         message = req.message
         verdict = None
         if self.moderator is not None and self.settings.moderation.enabled and self.settings.moderation.check_input:
-            verdict = self.moderator.check(message, "input")
+            verdict = await self.moderator.check(message, "input")
             if verdict.action == "redact" and verdict.redacted is not None:
                 message = verdict.redacted
         blocked = verdict is not None and verdict.action == "block"
@@ -219,7 +219,7 @@ class ChatPipeline:
                 for c in signals.chunks
                 if float(c.metadata.get("dense_score", c.score)) >= self.settings.rag.score_threshold
             ][: self.settings.rag.top_k]
-            relevant = self._without_injections(relevant)
+            relevant = await self._without_injections(relevant)
             turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
             yield SourcesEvent(sources=rag.sources_of(relevant))
             if not relevant:
@@ -255,7 +255,7 @@ class ChatPipeline:
                     if first:
                         self.metrics.ttft.observe(time.perf_counter() - started)
                         first = False
-                    for text in gate.push(piece):
+                    for text in await gate.push(piece):
                         turn.text += text
                         yield TokenEvent(text=text)
                     if gate.blocked:
@@ -271,7 +271,7 @@ class ChatPipeline:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         if not gate.blocked:
-            for text in gate.finish():
+            for text in await gate.finish():
                 turn.text += text
                 yield TokenEvent(text=text)
         if gate.blocked:
@@ -310,13 +310,13 @@ class ChatPipeline:
             yield TokenEvent(text=notice)
         yield CitationsEvent(sentences=sentences, unverified=unverified)  # type: ignore[arg-type]
 
-    def _without_injections(self, chunks: list[Chunk]) -> list[Chunk]:
+    async def _without_injections(self, chunks: list[Chunk]) -> list[Chunk]:
         """Retrieved passages carrying instructions aimed at the model never reach the prompt."""
         if self.moderator is None or not self.settings.moderation.enabled:
             return chunks
         kept = []
         for c in chunks:
-            verdict = self.moderator.check(c.text, "context")
+            verdict = await self.moderator.check(c.text, "context")
             if verdict.action == "block" and "prompt_injection" in verdict.categories:
                 log.warning("dropped retrieved chunk %s: injected instructions", c.id)
                 continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import re
 from typing import Literal
 
@@ -11,6 +11,7 @@ from service.moderation.pii import find_pii
 from service.protocols import GenerationBackend, GenerationParams, Message, Verdict
 from service.settings import ModerationSettings
 
+log = logging.getLogger(__name__)
 Stage = Literal["input", "output", "context"]
 REDACTION = "[redacted]"
 
@@ -50,7 +51,11 @@ class FastModerator:
             flagged = [c for c in flagged if c != "prompt_injection"]
         return flagged
 
-    def check(self, text: str, stage: Stage) -> Verdict:
+    async def check(self, text: str, stage: Stage) -> Verdict:
+        return self.verdict(text, stage)
+
+    def verdict(self, text: str, stage: Stage) -> Verdict:
+        """The same check, synchronously (benchmarks, and code outside the event loop)."""
         policies = self.settings.policies
         blocking = [c for c in self.categories(text, stage) if policies.get(c, "block") == "block"]
         if blocking:
@@ -98,13 +103,15 @@ def parse_guard(text: str) -> Verdict:
 
 
 class GuardModelModerator:
-    """A Llama-Guard-style model served on-prem through any generation backend."""
+    """A Llama-Guard-style model served on-prem through any generation backend (the served base model, one
+    of its adapters, or a TGI/OpenAI server's model). Awaited on the event loop: the engine runs it beside
+    the chats it serves."""
 
     def __init__(self, backend: GenerationBackend, model: str) -> None:
         self.backend = backend
         self.model = model
 
-    async def acheck(self, text: str, stage: Stage) -> Verdict:
+    async def check(self, text: str, stage: Stage) -> Verdict:
         role = "Agent" if stage == "output" else "User"
         prompt = _GUARD_TEMPLATE.format(role=role, categories=_CATEGORY_TEXT, text=text[-4000:])
         adapter = self.model if self.model in self.backend.list_adapters() else None
@@ -116,22 +123,26 @@ class GuardModelModerator:
                 )
             ]
         )
-        return parse_guard(out)
-
-    def check(self, text: str, stage: Stage) -> Verdict:
-        return asyncio.run(self.acheck(text, stage))
+        verdict = parse_guard(out)
+        # The verdict and its cost, never the text: the log is no place for what users write.
+        log.info("guard model %s, %s: %s %s", self.model, stage, verdict.action, ",".join(verdict.categories))
+        return verdict
 
 
 class CompositeModerator:
-    """The fast moderator first; the guard model only sees what the fast one let through."""
+    """The fast moderator first; the guard model only sees what the fast one let through, and only the
+    user's message: the streamed answer is re-checked after every few tokens and retrieved passages are
+    checked for injections, both of which a generation per check would make many times slower."""
+
+    GUARDED = ("input",)
 
     def __init__(self, fast: FastModerator, guard: GuardModelModerator) -> None:
         self.fast = fast
         self.guard = guard
 
-    def check(self, text: str, stage: Stage) -> Verdict:
-        verdict = self.fast.check(text, stage)
-        if verdict.action == "block":
+    async def check(self, text: str, stage: Stage) -> Verdict:
+        verdict = self.fast.verdict(text, stage)
+        if verdict.action == "block" or stage not in self.GUARDED:
             return verdict
-        second = self.guard.check(text, stage)
+        second = await self.guard.check(text, stage)
         return second if second.action == "block" else verdict
