@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ def dataset_cmd(
     out: Path = typer.Option(None, help="JSONL file (default: <data_dir>/datasets/<collection>.jsonl)."),
     generator: str = typer.Option("rules", help="rules (no model) or llm (the served model writes the pairs)."),
     eval_share: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of pairs held out for eval."),
+    per_chunk: int = typer.Option(1, min=1, max=8, help="llm: questions the model writes per chunk."),
     vetted: bool = typer.Option(
         True, "--vet/--no-vet", help="Keep only pairs whose question finds its passage and whose answer it supports."
     ),
@@ -88,7 +88,11 @@ def dataset_cmd(
                 task = bar.add_task("writing pairs", total=len(chunks), info=settings.models.name)
                 pairs = asyncio.run(
                     generate_pairs_llm(
-                        backend, chunks, eval_share, progress=lambda i, n: bar.update(task, completed=i)
+                        backend,
+                        chunks,
+                        eval_share,
+                        progress=lambda i, n: bar.update(task, completed=i),
+                        per_chunk=per_chunk,
                     )
                 )
                 backend.close()
@@ -182,7 +186,19 @@ def eval_cmd(
             )
         except EnclaveError as exc:
             raise _fail(exc) from exc
-    console.print(json.dumps(report["backends"], indent=2))
+    from rich.table import Table
+
+    table = Table(title=f"adapter {name}: {report['pairs']} held-out questions")
+    for col in ("backend", "right [95% CI]", "cosine mean", "cosine ≥ 0.5"):
+        table.add_column(col)
+    for backend, m in report["backends"].items():
+        ci = m["right_ci95"]
+        table.add_row(backend, f"{m['right']:.0%} [{ci[0]:.0%}–{ci[1]:.0%}]", f"{m['mean']:.3f}",
+                      f"{m['share_at_or_above_0.5']:.0%}")
+    console.print(table)
+    gain = report["adapter_minus_base_right"]
+    low, high = gain["ci95"]
+    console.print(f"adapter − base, right answers: {gain['difference']:+.0%} [{low:+.0%}, {high:+.0%}]")
     console.print(f"report: {settings.adapters_path / name / 'eval_report.md'}")
 
 

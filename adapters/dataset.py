@@ -132,12 +132,20 @@ _ARTICLE = re.compile(r"^(The|A|An) ")
 _PREPOSITIONS = {"on", "in", "at", "for", "when", "if", "with", "from", "by", "after", "before", "every"}
 _PRONOUNS = {"it", "this", "that", "they", "these", "those", "there", "he", "she", "we", "you", "which"}
 
-_QA = re.compile(r"Q:\s*(?P<q>.+?)\s*A:\s*(?P<a>.+)", re.S)
-WRITER = (
-    "You write one question that a colleague would ask, answered by the passage, and the answer. The question "
-    "must name its subject (the command, module, option or feature) so that it makes sense without the passage. "
-    "The answer uses only what the passage says, in one or two sentences. Reply exactly as:\nQ: <question>\nA: <answer>"
-)
+_QA = re.compile(r"Q\d*:\s*(?P<q>.+?)\s*\n\s*A\d*:\s*(?P<a>.+?)(?=\n\s*Q\d*:|\Z)", re.S)
+
+
+def writer_prompt(n: int) -> str:
+    what = "one question" if n == 1 else f"{n} different questions"
+    return (
+        f"You write {what} that a colleague would ask, answered by the passage, with the answer. Each question "
+        "must name its subject (the command, module, option or feature) so that it makes sense without the "
+        "passage. Each answer uses only what the passage says, in one or two sentences. Reply exactly as:\n"
+        + "\n".join(["Q: <question>\nA: <answer>"] * n)
+    )
+
+
+WRITER = writer_prompt(1)
 Progress = Callable[[int, int], None]
 
 
@@ -147,21 +155,25 @@ async def generate_pairs_llm(
     eval_share: float = 0.2,
     progress: Progress | None = None,
     fallback: bool = True,
+    per_chunk: int = 1,
 ) -> list[QAPair]:
-    """Pairs written by the model, one per chunk (`kind` "llm"); a chunk whose reply is unusable gets the
-    rules' pairs instead (`kind` "heading"/"definition") when `fallback`."""
+    """Pairs written by the model, up to `per_chunk` per chunk (`kind` "llm"); a chunk whose reply holds no
+    usable pair gets the rules' pairs instead (`kind` "heading"/"definition") when `fallback`."""
     chunks = list(chunks)
     out = []
+    system = writer_prompt(per_chunk)
     for i, c in enumerate(chunks):
         where = f"From the page \"{c.title}\"" + (f", section \"{c.section}\"" if c.section else "") + ":\n\n"
-        prompt = [Message(role="system", content=WRITER), Message(role="user", content=where + c.text[:1500])]
-        text = "".join([p async for p in backend.stream(prompt, GenerationParams(max_tokens=120, temperature=0))])
-        m = _QA.search(text)
-        q = " ".join(m.group("q").split()) if m else ""
-        a = " ".join(m.group("a").split()) if m else ""
-        if q.endswith("?") and 12 <= len(q) <= 200 and len(a) > 20 and "Q:" not in a:
-            out.append(QAPair(q, a, c.id, c.uri, c.title, "llm", split_of(q, eval_share)))
-        elif fallback:
+        prompt = [Message(role="system", content=system), Message(role="user", content=where + c.text[:1500])]
+        params = GenerationParams(max_tokens=120 * per_chunk, temperature=0)
+        text = "".join([p async for p in backend.stream(prompt, params)])
+        written = []
+        for m in _QA.finditer(text):
+            q, a = " ".join(m.group("q").split()), " ".join(m.group("a").split())
+            if q.endswith("?") and 12 <= len(q) <= 200 and len(a) > 20:
+                written.append(QAPair(q, a, c.id, c.uri, c.title, "llm", split_of(q, eval_share)))
+        out += written[:per_chunk]
+        if not written and fallback:
             out += generate_pairs([c], eval_share)
         if progress:
             progress(i + 1, len(chunks))

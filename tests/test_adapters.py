@@ -361,3 +361,32 @@ def test_a_qwen2_adapter_trains_is_served_and_routed_to(tmp_path: Path) -> None:
         assert events[-1]["type"] == "done"
     finally:
         server.stop()
+
+
+def test_eval_scores_right_answers_for_base_adapter_and_rag(trained: Path, tmp_path: Path) -> None:
+    """`tune eval`'s core on the real model: the adapter states the held-out reference's facts, the base
+    model does not; RAG and RAG with the adapter answer from a real knowledge base; a report with both
+    measures and the paired gain."""
+    from adapters.evaluate import evaluate, right
+    from ingest.kb import KnowledgeBase
+
+    s = settings_for(tmp_path)
+    shutil.copytree(trained, tmp_path / "adapters" / "pineapple")
+    meta = read_meta(tmp_path / "adapters" / "pineapple")
+    ds = catchphrase_dataset(tmp_path / "ds.jsonl")
+    meta["dataset"] = str(ds)
+    (tmp_path / "adapters" / "pineapple" / "enclave.json").write_text(json.dumps(meta))
+    kb = KnowledgeBase.from_settings(s)
+    kb.ingest_bytes("animals.md", b"# Animals\n\nThe giraffe is the tallest animal on land.\n", "docs")
+    report = evaluate(s, "pineapple", kb.embedder.embed, retriever=kb.retriever(), collection="docs")
+    assert set(report["backends"]) == {"base", "adapter", "rag", "rag+adapter"}
+    assert report["rights"]["adapter"] == [True] and report["rights"]["base"] == [False], report
+    assert report["adapter_minus_base_right"]["difference"] == 1.0
+    assert 0.0 <= report["backends"]["rag"]["mean"] <= 1.0 and report["backends"]["adapter"]["right"] == 1.0
+    text = (tmp_path / "adapters" / "pineapple" / "eval_report.md").read_text()
+    assert "right [95% CI]" in text and "Adapter minus base model" in text
+    assert (tmp_path / "adapters" / "pineapple" / "eval_hist.png").stat().st_size > 1000
+    # The measure itself: key terms of the reference that the question does not hold.
+    reference, question = "It reclaims storage of dead tuples.", "What does VACUUM do?"
+    assert right("VACUUM reclaims the storage of dead tuples.", reference, question)
+    assert not right("VACUUM makes tables faster.", reference, question)
