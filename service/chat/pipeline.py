@@ -14,7 +14,7 @@ from typing import Any
 
 from service.chat import grounding, rag
 from service.chat.admission import Admission, Ticket
-from service.chat.moderation import OutputGate, runs
+from service.chat.moderation import OutputGate
 from service.chat.rag import rag_prompt_of
 from service.chat.router import RetrievalSignals, SignalRouter, domain_scores, is_small_talk
 from service.chat.schema import ChatRequest
@@ -86,8 +86,6 @@ class ChatPipeline:
         self.router = SignalRouter(settings.router)
         self.admission = Admission(settings.limits.max_concurrent_generations, settings.limits.max_queue)
         self.key_limits: KeyLimits | None = None  # per-key limits, set by the app when API keys are configured
-        # What no answer may repeat: the operator's system prompt and Enclave's own RAG instructions.
-        self._protected = runs([settings.models.system_prompt, *rag.instructions()])
 
     # -- checks a transport can make before it starts a stream ------------------------------
     def validate(self, req: ChatRequest) -> None:
@@ -247,7 +245,6 @@ class ChatPipeline:
         gate = OutputGate(
             self.moderator if mod.enabled and mod.check_output else None,
             self.settings.moderation.holdback_tokens,
-            self._protected,
         )
         stream = self.backend.stream(messages, params, adapter=route.adapter, result=result)
         last_save = time.monotonic()

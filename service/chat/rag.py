@@ -58,14 +58,6 @@ PROMPTS = {
     "passages-with-example": EXAMPLE_PROMPT,
 }
 
-
-def instructions() -> list[str]:
-    """The fixed text of every RAG prompt (its instructions and worked example, without the passages and the
-    question it is filled with): what an answer must never repeat back (the output gate's prompt-leak check)."""
-    texts = [QUESTION_SYSTEM, RAG_SYSTEM, QUESTION_TURN, EXAMPLE_TURN, EXAMPLE_ANSWER]
-    return [re.sub(r"\{\w+\}", "\n", t) for t in texts]
-
-
 CONDENSE_PROMPT = ChatPromptTemplate.from_messages(
     [
         (
