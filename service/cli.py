@@ -257,10 +257,11 @@ def models_list() -> None:
         table.add_column(col, no_wrap=col == "name")
     for m in CATALOG.values():
         configured = "yes" if m.name == settings.models.base and not settings.models.gguf_dir else ""
-        table.add_row(m.name, m.parameters, m.family, "yes" if installed(m) else "no", configured, m.note)
+        here = installed(m, settings.model_cache_path)
+        table.add_row(m.name, m.parameters, m.family, "yes" if here else "no", configured, m.note)
     Console().print(table)
     for m in CATALOG.values():
-        if not installed(m):
+        if not installed(m, settings.model_cache_path):
             typer.echo(f"to install {m.name}: {install_hint(m)}")
     if settings.models.gguf_dir:
         typer.echo(f"configured: the operator's own GGUF in {settings.models.gguf_dir} (models.gguf_dir)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.backends.catalog import CATALOG, locate, part_files
+from service.backends.catalog import CATALOG, installed, locate, part_files
 from service.backends.local import base_gguf
 from service.errors import BackendUnavailable
 from service.settings import Settings
@@ -30,6 +30,10 @@ def test_parts_are_assembled_once_and_checked(tmp_path: Path) -> None:
     t0 = time.perf_counter()
     assert locate(QWEN, tmp_path) == path  # found by its size and stamp: not re-read
     assert time.perf_counter() - t0 < 0.5 and path.stat().st_mtime_ns == mtime
+    # The image joins the parts, then uninstalls them: the checked file alone still counts as installed.
+    gone = dataclasses.replace(QWEN, packages=("no-such-model-part1==1.0", "no-such-model-part2==1.0"))
+    assert installed(gone, tmp_path) and locate(gone, tmp_path) == path
+    assert not installed(gone) and not installed(gone, tmp_path / "elsewhere")
 
 
 def test_parts_that_make_another_file_are_refused_and_leave_nothing(tmp_path: Path) -> None:

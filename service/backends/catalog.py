@@ -122,7 +122,7 @@ def locate(model: BaseModel, cache: Path) -> Path:
     a later call finds the file by its size and a stamp of the hash it was checked against."""
     out = cache / "base" / model.file
     stamp = out.with_suffix(".sha256")
-    if out.is_file() and out.stat().st_size == model.size and stamp.is_file() and stamp.read_text() == model.sha256:
+    if assembled_before(model, cache):
         return out  # assembled and checked before: the parts may be gone (an image keeps only this file)
     missing = _missing(model)
     if missing:
@@ -156,8 +156,18 @@ def locate(model: BaseModel, cache: Path) -> Path:
     return out
 
 
-def installed(model: BaseModel) -> bool:
-    return not _missing(model)
+def assembled_before(model: BaseModel, cache: Path) -> bool:
+    """The model's file was assembled into `cache` and checked against its SHA-256 (found by size and stamp)."""
+    if not model.assembled:
+        return False
+    out = cache / "base" / model.file
+    stamp = out.with_suffix(".sha256")
+    return out.is_file() and out.stat().st_size == model.size and stamp.is_file() and stamp.read_text() == model.sha256
+
+
+def installed(model: BaseModel, cache: Path | None = None) -> bool:
+    """Its packages are installed, or (with `cache`) its file was assembled there before they were removed."""
+    return not _missing(model) or (cache is not None and assembled_before(model, cache))
 
 
 if __name__ == "__main__":
