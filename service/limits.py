@@ -22,26 +22,19 @@ log = logging.getLogger(__name__)
 
 Release = Callable[[], None]
 
-# Atomically: forget this key's requests older than a minute; if fewer than the limit remain, log this one
-# and return -1, else return the oldest one's time (the caller's Retry-After). A sliding window, as in one
-# process: a fixed per-minute counter would let 2 x the limit through across a minute's boundary.
-_TAKE_REQUEST = """
+# Atomically, for one key's sorted set of (member, score): drop the members scored ARGV[1] or less; if fewer than
+# ARGV[2] remain, add ARGV[4] with score ARGV[3], keep the set ARGV[5] seconds, and return -1; else return the
+# lowest remaining score. Requests per minute: scored by arrival, dropped after 60 s (a sliding window, as in
+# one process; the lowest score gives Retry-After). Streams: scored by expiry, so a replica that dies holding a
+# slot frees it after the TTL.
+_TAKE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], 61)
-return -1
-"""
-
-# Atomically: drop expired streams of this key, and take a slot if one is free. Returns 1 if taken.
-_TAKE_STREAM = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
+return -1
 """
 
 
@@ -59,8 +52,7 @@ class KeyLimits:
             import redis.asyncio as aioredis
 
             self._redis = aioredis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            self._take = self._redis.register_script(_TAKE_STREAM)
-            self._take_request = self._redis.register_script(_TAKE_REQUEST)
+            self._take = self._redis.register_script(_TAKE)
 
     @property
     def shared(self) -> bool:
@@ -112,8 +104,8 @@ class KeyLimits:
         r = self._redis
         now = time.time()
         if self.rpm:
-            oldest = await self._take_request(
-                keys=[f"enclave:requests:{who}"], args=[now - 60, self.rpm, now, uuid.uuid4().hex]
+            oldest = await self._take(
+                keys=[f"enclave:requests:{who}"], args=[now - 60, self.rpm, now, uuid.uuid4().hex, 61]
             )
             if float(oldest) >= 0:
                 raise Overloaded(
@@ -124,10 +116,10 @@ class KeyLimits:
             return _noop
         key = f"enclave:streams:{who}"
         member = uuid.uuid4().hex
-        ok = await self._take(
+        taken = await self._take(
             keys=[key], args=[now, self.max_streams, now + self.stream_ttl_s, member, int(self.stream_ttl_s) + 60]
         )
-        if not ok:
+        if float(taken) >= 0:
             raise Overloaded(f"this key already has {self.max_streams} answers streaming", retry_after=2)
         done = False
 
