@@ -120,8 +120,7 @@ def file_sha256(path: Path) -> str:
 def locate(model: BaseModel, cache: Path) -> Path:
     """The model's GGUF file. Assembled models are concatenated once into `cache` (atomically, hash checked);
     a later call finds the file by its size and a stamp of the hash it was checked against."""
-    out = cache / "base" / model.file
-    stamp = out.with_suffix(".sha256")
+    out, stamp = _assembled_paths(model, cache)
     if assembled_before(model, cache):
         return out  # assembled and checked before: the parts may be gone (an image keeps only this file)
     missing = _missing(model)
@@ -156,12 +155,17 @@ def locate(model: BaseModel, cache: Path) -> Path:
     return out
 
 
+def _assembled_paths(model: BaseModel, cache: Path) -> tuple[Path, Path]:
+    """Where an assembled model's file goes in the cache, and the stamp of the hash it was checked against."""
+    out = cache / "base" / model.file
+    return out, out.with_suffix(".sha256")
+
+
 def assembled_before(model: BaseModel, cache: Path) -> bool:
     """The model's file was assembled into `cache` and checked against its SHA-256 (found by size and stamp)."""
     if not model.assembled:
         return False
-    out = cache / "base" / model.file
-    stamp = out.with_suffix(".sha256")
+    out, stamp = _assembled_paths(model, cache)
     return out.is_file() and out.stat().st_size == model.size and stamp.is_file() and stamp.read_text() == model.sha256
 
 
