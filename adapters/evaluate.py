@@ -24,6 +24,7 @@ from service.chat import rag
 from service.errors import InvalidRequest
 from service.protocols import GenerationParams, Message, Principal, Retriever
 from service.settings import Settings
+from service.stats import bootstrap_mean, wilson
 
 ACCEPT = 0.5
 RIGHT = 0.5  # share of the reference's key terms an answer must state
@@ -47,15 +48,6 @@ def right(answer: str, reference: str, question: str) -> bool:
     return len(terms & said) / len(terms) >= RIGHT
 
 
-def wilson(k: int, n: int) -> list[float]:
-    import math
-
-    if n == 0:
-        return [0.0, 0.0]
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
 
 
 def cosine_scores(embed: Callable[[list[str]], Any], answers: list[str], references: list[str]) -> list[float]:
@@ -175,14 +167,11 @@ def evaluate(
 
 def paired_gain(ours: list[bool], theirs: list[bool]) -> dict[str, Any]:
     """Mean of (ours - theirs) over the same questions, with a bootstrap 95% interval."""
-    import numpy as np
-
-    diff = np.array([float(a) - float(b) for a, b in zip(ours, theirs, strict=True)])
-    if diff.size == 0:
+    diff = [float(a) - float(b) for a, b in zip(ours, theirs, strict=True)]
+    if not diff:
         return {"difference": 0.0, "ci95": [0.0, 0.0]}
-    picks = np.random.default_rng(0).integers(0, diff.size, size=(10_000, diff.size))
-    low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
-    return {"difference": round(float(diff.mean()), 3), "ci95": [round(float(low), 3), round(float(high), 3)]}
+    mean, low, high = bootstrap_mean(diff)
+    return {"difference": round(mean, 3), "ci95": [round(low, 3), round(high, 3)]}
 
 
 def markdown_report(

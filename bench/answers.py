@@ -42,6 +42,7 @@ from rich.table import Table
 
 from bench.machine import cpu_model
 from service.settings import Settings, offline_environment
+from service.stats import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = Path("/usr/share/doc/python3.11/html/library")
@@ -179,15 +180,6 @@ def degenerate(answer: str, finish_reason: str) -> bool:
             return True
     four = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
     return len(words) >= 24 and len(set(four)) < 0.5 * len(four)
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3))
 
 
 def paired(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]], metrics: list[str]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from rich.table import Table
 from bench.machine import cpu_model
 from service.protocols import Principal
 from service.settings import Settings, offline_environment
+from service.stats import bootstrap_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = Path("/usr/share/doc/python3.11/html/library")
@@ -60,21 +61,17 @@ def paired(ours: dict[str, int | None], theirs: dict[str, int | None], resamples
     """This run against another over the questions both asked: the mean difference (ours - theirs) of nDCG@10
     and hit@5, each with a percentile-bootstrap 95% interval over questions, and how many questions each
     side ranked better."""
-    import numpy as np
-
     common = sorted(set(ours) & set(theirs))
     if not common:
         raise ValueError("the two runs share no question")
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(common), size=(resamples, len(common)))
     out: dict[str, Any] = {"questions": len(common)}
     for metric in ("ndcg@10", "hit@5"):
-        diff = np.array([score_rank(ours[m])[metric] - score_rank(theirs[m])[metric] for m in common])
-        means = diff[picks].mean(axis=1)
-        low, high = np.percentile(means, [2.5, 97.5])
+        mean, low, high = bootstrap_mean(
+            [score_rank(ours[m])[metric] - score_rank(theirs[m])[metric] for m in common], resamples
+        )
         out[metric] = {
-            "difference": round(float(diff.mean()), 4),
-            "ci95": [round(float(low), 4), round(float(high), 4)],
+            "difference": round(mean, 4),
+            "ci95": [round(low, 4), round(high, 4)],
             "within_noise": bool(low <= 0 <= high),
         }
     better = sum((ours[m] or 10**6) < (theirs[m] or 10**6) for m in common)
