@@ -42,11 +42,49 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rss_mb(pid: int) -> float:
+def status_kb(pid: int, field: str) -> int:
+    """A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...); 0 when absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _rss_mb(pid: int) -> float:
+    return status_kb(pid, "VmRSS") / 1024
+
+
+def start_serve(
+    data: Path, env: dict[str, str], extra_args: tuple[str, ...] = (), timeout_s: float = 300
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`enclave serve` on a free port, logging to data/server.log; (the process, its base URL) once /readyz
+    answers 200. A server that exits or is not ready in time is stopped and named with its log."""
+    port = _free_port()
+    log = (data / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_serve(proc)
+    raise SystemExit(f"the server did not become ready; see {data / 'server.log'}")
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as Kubernetes stops a pod; killed if it has not exited within a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -111,7 +149,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console()
 
     data = Path(tempfile.mkdtemp(prefix="enclave-load-"))
-    port = _free_port()
     env = {
         **os.environ,
         "ENCLAVE_DATA_DIR": str(data),
@@ -122,31 +159,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ENCLAVE_RAG__INGEST_SAMPLES": "false",
         "HF_HUB_OFFLINE": "1",
     }
-    log = (data / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-         "warning"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_serve(data, env, ("--log-level", "warning"))
+    ws_url = base.replace("http://", "ws://") + "/v1/chat/ws"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit("the server did not become ready; see " + str(data / "server.log"))
         rows = []
         rss0 = _rss_mb(proc.pid)
         interval = 1.0 / args.rate
         holdback = Settings().moderation.holdback_tokens
         for n in levels:
             before = _rss_mb(proc.pid)
-            r = asyncio.run(_level(f"ws://127.0.0.1:{port}/v1/chat/ws", n, args.seconds, args.tokens))
+            r = asyncio.run(_level(ws_url, n, args.seconds, args.tokens))
             after = _rss_mb(proc.pid)
             added = [max(0.0, t - interval) * 1000 for t in r["ttft"]]
             # The moderation hold-back releases the first token only once `holdback` more have been generated
@@ -177,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "note": "client and server share the machine's cores",
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
     table = Table(
         title=f"WebSocket streams on one process (echo backend, {args.rate:g} tokens/s, {args.tokens} tokens)"
     )

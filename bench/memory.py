@@ -12,20 +12,16 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.client import connect
 
-from bench.load import _free_port, _rss_mb
+from bench.load import _rss_mb, start_serve, status_kb, stop_serve
 from bench.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +36,6 @@ QUESTIONS = [
     "How are answers cited?",
     "What happens when a document is ingested twice?",
 ]
-
-
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 async def _chat(url: str, question: str, max_tokens: int) -> str:
@@ -69,29 +58,11 @@ async def _streams(url: str, pid: int, n: int, max_tokens: int) -> tuple[float, 
 
 def measure(model: str, streams: int, max_tokens: int, console: Console) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="enclave-memory-"))
-    port = _free_port()
     env = {**os.environ, "ENCLAVE_DATA_DIR": str(data), "ENCLAVE_MODELS__BASE": model, "HF_HUB_OFFLINE": "1"}
     env.setdefault("ENCLAVE_MODELS__CACHE_DIR", str(ROOT / "data" / "models"))  # where `make model` assembles
-    log = (data / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_serve(data, env, timeout_s=600)
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"the server for {model} exited; see {data / 'server.log'}")
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"the server for {model} did not become ready; see {data / 'server.log'}")
-        url = f"ws://127.0.0.1:{port}/v1/chat/ws"
+        url = base.replace("http://", "ws://") + "/v1/chat/ws"
         ready = _rss_mb(proc.pid)
         asyncio.run(_chat(url, QUESTIONS[0], max_tokens))
         rest = _rss_mb(proc.pid)
@@ -101,18 +72,14 @@ def measure(model: str, streams: int, max_tokens: int, console: Console) -> dict
             "rss_ready_mb": round(ready),
             "rss_at_rest_mb": round(rest),
             f"rss_peak_{streams}_streams_mb": round(peak),
-            "rss_high_water_mb": round(_status_kb(proc.pid, "VmHWM") / 1024),
+            "rss_high_water_mb": round(status_kb(proc.pid, "VmHWM") / 1024),
             "streams_done": ends.count("done"),
             "streams": streams,
         }
         console.print(row)
         return row
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
