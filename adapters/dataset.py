@@ -203,6 +203,7 @@ def vet(
     text_of = {c.id: c.text for c in chunks}
     kept: list[QAPair] = []
     kept_vecs: list[Any] = []
+    passage_vecs: dict[str, Any] = {}
     why = {"written": len(pairs), "kept": 0, "not_retrieved": 0, "unsupported": 0, "duplicate": 0}
     for i, p in enumerate(pairs):
         if progress:
@@ -213,7 +214,10 @@ def vet(
         if page_rank is None:
             why["not_retrieved"] += 1
             continue
-        grounded = ground(p.answer, [text_of.get(p.chunk_id, "")], embed)
+        passage = text_of.get(p.chunk_id, "")
+        if p.chunk_id not in passage_vecs:  # several pairs come from one chunk: embed it once
+            passage_vecs[p.chunk_id] = embed([passage])[0]
+        grounded = ground(p.answer, [passage], embed, [passage_vecs[p.chunk_id]])
         support = min((max(g.support) for g in grounded), default=0.0)
         if not grounded or not all(g.supported for g in grounded):
             why["unsupported"] += 1
