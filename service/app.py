@@ -195,7 +195,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts = []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+            if err.get("type") == "extra_forbidden":  # a field Enclave would otherwise have to ignore
+                parts.append(f"the field '{where}' is not supported")
+            else:
+                parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return JSONResponse(
             {"error": {"code": "invalid_request", "type": "invalid_request", "message": "; ".join(parts)}},
             status_code=400,
@@ -208,12 +211,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"error": {"code": "internal", "type": "internal", "message": "internal error"}}, status_code=500
         )
 
-    from service.transports import adapters_api, conversations, documents, health, openai_api, sse, ws
+    from service.transports import (
+        adapters_api,
+        completions_api,
+        conversations,
+        documents,
+        embeddings_api,
+        health,
+        openai_api,
+        sse,
+        ws,
+    )
 
     app.include_router(health.router)
     app.include_router(ws.router)
     app.include_router(sse.router)
     app.include_router(openai_api.router)
+    app.include_router(embeddings_api.router)
+    app.include_router(completions_api.router)
     app.include_router(conversations.router)
     app.include_router(adapters_api.router)
     app.include_router(documents.router)

@@ -68,12 +68,33 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class TokenAlternative(BaseModel):
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class TokenLogprobs(BaseModel):
+    """One token of the answer, as OpenAI's `logprobs.content` entries are."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+    top_logprobs: list[TokenAlternative] = Field(default_factory=list)
+
+
 class DoneEvent(BaseModel):
     type: Literal["done"] = "done"
     conversation_id: str
     message_id: str
     finish_reason: Literal["stop", "length", "repetition", "cancelled"]  # repetition: the loop guard ended it
     usage: Usage
+    logprobs: list[TokenLogprobs] | None = Field(
+        None,
+        description="When the request asked for them: each token of the answer with its log-probability and the "
+        "likeliest alternatives. Withheld (None) when output moderation redacted or appended to the answer, since "
+        "the tokens would no longer be the text shown.",
+    )
 
 
 ErrorCode = Literal[

@@ -14,6 +14,33 @@ class Message(BaseModel):
     content: str
 
 
+class ToolSpec(BaseModel):
+    """A function the model may call: its name, what it does, and its arguments' JSON schema."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+# How a tool call is written in an answer (the format Qwen2.5 is trained on), around {"name": …, "arguments": {…}}.
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+class OutputSpec(BaseModel):
+    """The shape an answer must have, enforced while sampling (a backend with `constrained` set).
+
+    kind "json": one JSON value matching `json_schema` (None: any JSON object). kind "tools": calls to
+    `tools` as `<tool_call>{"name": …, "arguments": {…}}</tool_call>` blocks; with tool_choice "auto" the
+    model may answer in plain text instead, "required" makes it call one, a tool's name makes it call that one.
+    """
+
+    kind: Literal["json", "tools"]
+    json_schema: dict[str, Any] | None = None
+    tools: list[ToolSpec] = Field(default_factory=list)
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
+
+
 class GenerationParams(BaseModel):
     """How to decode one answer. The penalties and the loop guard are off here: the pipeline (and the model
     server) fill in the configured defaults (`models.*`) for what a request leaves unset."""
@@ -27,6 +54,11 @@ class GenerationParams(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     loop_guard: bool = False
+    # Added to a token's logit before sampling (OpenAI's logit_bias: -100 bans a token, 100 forces it).
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    output: OutputSpec | None = None
+    # Report each answer token's log-probability and this many most likely alternatives (None: off).
+    logprobs: int | None = Field(None, ge=0, le=20)
 
 
 FinishReason = Literal["stop", "length", "repetition", "cancelled"]
@@ -42,20 +74,37 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: FinishReason = "stop"
+    # With params.logprobs: one entry per token of the answer as streamed (after stop strings are cut).
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One answer token as the model scored it: its text, bytes and log-probability (of the model's own
+    distribution, before penalties, biases and grammars), and the most likely alternatives at that place."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[tuple[str, tuple[int, ...], float], ...] = ()
 
 
 @runtime_checkable
 class GenerationBackend(Protocol):
     name: str
+    # Whether it honours GenerationParams.output, .logit_bias and .logprobs (the pipeline refuses them
+    # otherwise): they need a sampler of the backend's own.
+    constrained: bool
 
     def stream(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message] | str,
         params: GenerationParams,
         adapter: str | None = None,
         result: Generation | None = None,
     ) -> AsyncIterator[str]:
-        """Yield text pieces; fill `result` with token counts and the finish reason."""
+        """Yield text pieces; fill `result` with token counts and the finish reason. A str is a raw prompt,
+        sent to the model as it is (no chat template): plain completions."""
         ...
 
     async def health(self) -> bool: ...

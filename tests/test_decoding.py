@@ -3,6 +3,7 @@ answer grows (drafted positions included), and the loop guard on real loops and 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,12 @@ class ToyLlama:
 
 
 def toy_answer(sampling: Sampling, lookup: int) -> tuple[list[int], str, dict[str, int]]:
+    got, stats = toy_items(sampling, lookup)
+    return [item[1] for item in got[:-1] if isinstance(item, tuple)], got[-1].reason, stats
+
+
+def toy_items(sampling: Sampling, lookup: int) -> tuple[list[Any], dict[str, int]]:
+    """Everything the engine emits for one toy answer, the Finish last."""
     from types import SimpleNamespace
 
     from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine
@@ -227,7 +234,7 @@ def toy_answer(sampling: Sampling, lookup: int) -> tuple[list[int], str, dict[st
     engine._waiting.append(EngineRequest(ids=prompt, sampling=sampling, adapter=None, emit=got.append))
     while not got or not isinstance(got[-1], Finish):
         engine._step()
-    return [tok for _, tok in got[:-1]], got[-1].reason, engine.stats
+    return got, engine.stats
 
 
 @pytest.mark.parametrize(
@@ -259,3 +266,25 @@ def test_the_loop_guard_ends_the_engines_answer_before_the_looping_token() -> No
     guarded, reason, _ = toy_answer(Sampling(max_tokens=48, loop_guard=True), lookup=8)
     assert reason == "repetition"
     assert guarded == looped[: find_loop(looped)]  # everything before the token that made it a loop, none after
+
+
+def test_logprobs_are_the_models_own_and_the_same_with_prompt_lookup() -> None:
+    from service.protocols import TokenLogprob
+
+    sampling = Sampling(max_tokens=24, penalties=Penalties(frequency=0.2), logprobs=2)
+    one_by_one, _ = toy_items(sampling, lookup=0)
+    looked_up, stats = toy_items(sampling, lookup=8)
+    assert stats["accepted"] > 0
+    assert looked_up[:-1] == one_by_one[:-1]  # the same tokens with the same scores, drafted or not
+    # Each token comes after its TokenLogprob, which scores that very token.
+    pairs = [(a, b) for a, b in itertools.pairwise(one_by_one) if isinstance(a, TokenLogprob)]
+    assert len(pairs) == 24
+    toy = ToyLlama()
+    seq = [5, 0, 1, 0, 1, 0, 1, 0]
+    for lp, (text, tok) in pairs:
+        assert lp.token == text == f"<{tok}>" and lp.bytes == tuple(text.encode())
+        raw = toy.model(seq).astype(np.float64)  # before the penalty, which does change some of these picks
+        expect = raw - (raw.max() + np.log(np.exp(raw - raw.max()).sum()))
+        assert lp.logprob == pytest.approx(expect[tok])
+        assert [t for t, _, _ in lp.top] == [f"<{t}>" for t in np.argsort(-raw, kind="stable")[:2]]
+        seq.append(tok)

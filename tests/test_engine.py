@@ -363,11 +363,11 @@ class GreedyTrace:
             sampler.__dict__.setdefault("untaken", deque()).append((tok, second, float(logits[tok] - logits[second])))
             return tok
 
-        def take(engine: Any, req: Any, tok: int) -> None:  # a step may pick several tokens before taking them
+        def take(engine: Any, req: Any, tok: int, logprob: Any = None) -> None:  # a step may pick several first
             picked = req.sampler.untaken.popleft()
             assert picked[0] == tok
             req.__dict__.setdefault("steps", []).append(picked)
-            real_take(engine, req, tok)
+            real_take(engine, req, tok, logprob)
 
         monkeypatch.setattr(TokenSampler, "sample", sample)
         monkeypatch.setattr(LlamaEngine, "_take", take)

@@ -127,6 +127,7 @@ class ScriptedBackend:
     """A fake at the GenerationBackend seam that answers like a guard model."""
 
     name = "scripted"
+    constrained = False
 
     def __init__(self, reply: str) -> None:
         self.reply = reply

@@ -16,6 +16,7 @@ from service.settings import Settings
 
 class EchoBackend:
     name = "echo"
+    constrained = False
 
     def __init__(self, settings: Settings) -> None:
         self.rate = settings.models.echo_tokens_per_second
@@ -39,7 +40,7 @@ class EchoBackend:
 
     async def stream(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message] | str,
         params: GenerationParams,
         adapter: str | None = None,
         result: Generation | None = None,
@@ -47,6 +48,8 @@ class EchoBackend:
         if adapter is not None and adapter not in self.adapters:
             raise NotFound(f"unknown adapter '{adapter}'")
         result = result if result is not None else Generation()
+        if isinstance(messages, str):  # a plain completion
+            messages = [Message(role="user", content=messages)]
         if self.source == "prompt":
             text = " ".join(f"{m.role}: {m.content}" for m in messages)
         else:

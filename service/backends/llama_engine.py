@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from service.backends.decoding import LoopGuard, Penalties, PenaltyState
+from service.backends.grammar import GrammarMask
+from service.protocols import TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,9 @@ class Sampling:
     seed: int | None = None
     penalties: Penalties = field(default_factory=Penalties)
     loop_guard: bool = False  # end the answer ("repetition") once it is stuck repeating (decoding.LoopGuard)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # added to a token's logit before sampling
+    grammar: GrammarMask | None = None  # the output grammar every token must fit (owned: closed at the end)
+    logprobs: int | None = None  # emit each token's TokenLogprob, with this many alternatives (None: off)
 
 
 # Tokens this much less likely than the best one (e^-27 ≈ 2e-12; under 1e-7 together) are never drawn.
@@ -144,8 +149,8 @@ _NEGLIGIBLE_LOGIT = 27.0
 class TokenSampler:
     """Greedy (the first highest logit, as llama.cpp's greedy sampler) or temperature + top-p with a seed.
 
-    With penalties, `penalize` gives the logits to sample from and `accept` records each token of the answer;
-    without, `penalties` is None and the logits are sampled as they are.
+    `penalize` gives the logits to sample from — penalties, logit_bias and the output grammar applied — and
+    `accept` records each token of the answer; with none of them the logits are sampled as they are.
     """
 
     def __init__(self, s: Sampling, prompt: Sequence[int] = (), exempt: frozenset[int] = frozenset()) -> None:
@@ -154,14 +159,27 @@ class TokenSampler:
         self.top_p = s.top_p
         self.rng = np.random.default_rng(s.seed if s.seed is not None else time.time_ns())
         self.penalties = PenaltyState(s.penalties, prompt, exempt) if s.penalties.active else None
+        self.grammar = s.grammar
+        self.bias: tuple[Any, Any] | None = None
+        if s.logit_bias:
+            self.bias = (
+                np.fromiter(s.logit_bias.keys(), dtype=np.int64, count=len(s.logit_bias)),
+                np.fromiter(s.logit_bias.values(), dtype=np.float32, count=len(s.logit_bias)),
+            )
 
     def penalize(self, logits: Any, ahead: Sequence[int] = ()) -> Any:
-        """The logits of the position after the accepted tokens and then `ahead`, penalized."""
-        return logits if self.penalties is None else self.penalties.apply(logits, ahead)
+        """The logits of the position after the accepted tokens and then `ahead` (never with a grammar)."""
+        out = logits if self.penalties is None else self.penalties.apply(logits, ahead)
+        if self.bias is not None:
+            out = out.copy() if out is logits else out
+            out[self.bias[0]] += self.bias[1]
+        return out if self.grammar is None else self.grammar.mask(out)
 
     def accept(self, tok: int) -> None:
         if self.penalties is not None:
             self.penalties.push(tok)
+        if self.grammar is not None:
+            self.grammar.accept(tok)
 
     def sample(self, logits: Any) -> int:
         if self.greedy:
@@ -228,7 +246,8 @@ class Finish:
 
 @dataclass
 class EngineRequest:
-    """One generation. `emit` receives (text, token id) pieces, then one Finish or one exception."""
+    """One generation. `emit` receives (text, token id) pieces, each after its TokenLogprob when the sampling
+    asks for them, then one Finish or one exception."""
 
     ids: list[int]
     sampling: Sampling
@@ -399,6 +418,14 @@ class LlamaEngine:
     def adapters(self) -> list[str]:
         return sorted(self._adapters)
 
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def grammar(self, gbnf: str) -> GrammarMask:
+        """A grammar mask over this model's vocabulary (any thread; a request's sampling then owns it)."""
+        return GrammarMask(self._lib, self.vocab, gbnf, self._n_vocab)
+
     def load(self) -> dict[str, int]:
         """What the engine holds right now (for metrics and tests)."""
         return {"running": len(self._running), "waiting": len(self._waiting) + len(self._inbox)}
@@ -496,12 +523,14 @@ class LlamaEngine:
                 return
             req = self._waiting.popleft()
             if req.cancelled.is_set():
+                self._release(req)
                 self._emit_end(req, "cancelled")
                 continue
             adapter = None
             if req.adapter is not None:
                 adapter = self._adapters.get(req.adapter)
                 if adapter is None:
+                    self._release(req)
                     self._emit(req, LookupError(f"unknown adapter '{req.adapter}'"))
                     continue
             key = adapter.key if adapter else 0
@@ -521,7 +550,8 @@ class LlamaEngine:
                 self.stats["prefix_tokens"] += keep
             req.pending = list(req.ids[keep:])
             req.sampler = TokenSampler(req.sampling, req.ids, req.stop_ids)
-            req.guard = LoopGuard() if req.sampling.loop_guard else None
+            # A grammar bounds its own output (JSON may repeat its keys), so the loop guard stays out of it.
+            req.guard = LoopGuard() if req.sampling.loop_guard and req.sampling.grammar is None else None
             req.decoder = codecs.getincrementaldecoder("utf-8")("replace")
             if adapter is not None:
                 adapter.users += 1
@@ -621,7 +651,8 @@ class LlamaEngine:
                 break
             slot = req.slot
             assert slot is not None
-            drafts = self._draft(req, slot, budget - 1) if lookup and len(req.pending) == 1 else []
+            plain = req.sampling.grammar is None  # a grammar judges one token at a time: no drafts
+            drafts = self._draft(req, slot, budget - 1) if lookup and plain and len(req.pending) == 1 else []
             take = (req.pending[:budget] if len(req.pending) > 1 else req.pending) + drafts
             pos0 = len(slot.tokens)
             for j, tok in enumerate(take):
@@ -662,7 +693,7 @@ class LlamaEngine:
                     break
             else:
                 picks.append(sampler.sample(sampler.penalize(logits[row + len(drafts)], picks)))
-            row += 1 + len(drafts)
+            row0, row = row, row + 1 + len(drafts)  # pick k was sampled from row row0 + k
             if drafts:
                 agreed = len(picks) - 1
                 self.stats["drafted"] += len(drafts)
@@ -674,8 +705,10 @@ class LlamaEngine:
                 if len(slot.tokens) > keep:  # before any token leaves: the slot is consistent when it finishes
                     self._lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
                     del slot.tokens[keep:]
-            for tok in picks:
-                self._take(req, tok)
+            n_top = req.sampling.logprobs
+            for k, tok in enumerate(picks):
+                lp = None if n_top is None else self._logprob(logits[row0 + k], tok, n_top)
+                self._take(req, tok, lp)
                 if req.sampler is None:  # finished (stop token or length)
                     break
 
@@ -705,7 +738,23 @@ class LlamaEngine:
             cached = self._pieces[tok] = (buf.raw[:size], bool(lib.llama_vocab_is_eog(self.vocab, tok)))
         return cached
 
-    def _take(self, req: EngineRequest, tok: int) -> None:
+    def _logprob(self, logits: Any, tok: int, n_top: int) -> TokenLogprob:
+        """`tok`'s log-probability under the model's own distribution (`logits` raw), and the `n_top` likeliest."""
+        x = np.asarray(logits, dtype=np.float64)
+        m = float(x.max())
+        norm = m + float(np.log(np.exp(x - m).sum()))
+        top: tuple[tuple[str, tuple[int, ...], float], ...] = ()
+        if n_top > 0:
+            best = np.argpartition(-x, n_top)[:n_top]
+            best = best[np.argsort(-x[best], kind="stable")]
+            top = tuple(self._described(int(t), float(x[t]) - norm) for t in best)
+        return TokenLogprob(*self._described(tok, float(x[tok]) - norm), top=top)
+
+    def _described(self, tok: int, logprob: float) -> tuple[str, tuple[int, ...], float]:
+        raw = self._piece(tok)[0]
+        return raw.decode("utf-8", errors="replace"), tuple(raw), logprob
+
+    def _take(self, req: EngineRequest, tok: int, logprob: TokenLogprob | None = None) -> None:
         piece, eog = self._piece(tok)
         if eog or tok in req.stop_ids:
             self._finish(req, "stop")
@@ -714,6 +763,8 @@ class LlamaEngine:
             self._finish(req, "repetition")
             return
         req.n_out += 1
+        if logprob is not None:
+            self._emit(req, logprob)
         text = req.decoder.decode(piece)
         self._emit(req, (text, tok))
         if req.n_out >= req.sampling.max_tokens:
@@ -734,10 +785,17 @@ class LlamaEngine:
     def _emit_end(self, req: EngineRequest, reason: str) -> None:
         self._emit(req, Finish(reason, len(req.ids), req.n_out, req.cached))
 
+    @staticmethod
+    def _release(req: EngineRequest) -> None:
+        """Free what a request owns in llama.cpp besides its slot: its grammar."""
+        if req.sampling.grammar is not None:
+            req.sampling.grammar.close()
+
     def _finish(self, req: EngineRequest, outcome: str | BaseException) -> None:
         if req in self._running:
             self._running.remove(req)
         req.sampler = None
+        self._release(req)
         slot = req.slot
         if slot is not None:
             slot.req = None

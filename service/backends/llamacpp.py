@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from service.backends.grammar import GrammarMask, gbnf_of
 from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine, Sampling, convert_weights
 from service.backends.local import (
     PromptTools,
@@ -28,8 +29,8 @@ from service.backends.local import (
     penalties_of,
 )
 from service.backends.smoke import SmokeChecks, SmokeResult, explain
-from service.errors import BackendUnavailable, NotFound
-from service.protocols import Generation, GenerationParams, Message
+from service.errors import BackendUnavailable, InvalidRequest, NotFound
+from service.protocols import Generation, GenerationParams, Message, TokenLogprob
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def choose_weights(settings: Settings, checks: SmokeChecks | None = None) -> tup
 
 class LlamaCppBackend(PromptTools):
     name = "local"
+    constrained = True  # grammar-constrained sampling and logit_bias in the engine
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -244,6 +246,24 @@ class LlamaCppBackend(PromptTools):
             await asyncio.to_thread(self.engine.remove_adapter, name)
 
     # -- generation ---------------------------------------------------------------------------------
+    @staticmethod
+    def _logit_bias(engine: LlamaEngine, params: GenerationParams) -> dict[int, float]:
+        n_vocab = engine.n_vocab
+        bad = [t for t in params.logit_bias if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequest(f"logit_bias names token {bad[0]}, outside this model's vocabulary of {n_vocab}")
+        return dict(params.logit_bias)
+
+    @staticmethod
+    def _grammar(engine: LlamaEngine, params: GenerationParams) -> GrammarMask | None:
+        """The output grammar for `params.output`, parsed here so a bad one is the caller's 400."""
+        if params.output is None:
+            return None
+        try:
+            return engine.grammar(gbnf_of(params.output))
+        except ValueError as exc:
+            raise InvalidRequest(f"the output format cannot be enforced: {exc}") from exc
+
     async def stream_tokens(  # type: ignore[override]
         self,
         prompt: Sequence[Message] | str,
@@ -275,6 +295,9 @@ class LlamaCppBackend(PromptTools):
                 params.seed,
                 penalties=penalties_of(params),
                 loop_guard=params.loop_guard,
+                logit_bias=self._logit_bias(engine, params),
+                grammar=self._grammar(engine, params),
+                logprobs=params.logprobs,
             ),
             adapter=adapter,
             emit=lambda item: mailbox.post(queue, item),
@@ -284,9 +307,13 @@ class LlamaCppBackend(PromptTools):
         matcher = StopMatcher(params.stop)
         text, sent, last = "", 0, -1
         finished = False
+        scored: list[tuple[int, TokenLogprob]] = []  # (where the token's text starts in `text`, its logprob)
         try:
             while True:
                 item = await queue.get()
+                if isinstance(item, TokenLogprob):
+                    scored.append((len(text), item))
+                    continue
                 if isinstance(item, Finish):
                     finished = True
                     result.completion_tokens = item.completion_tokens
@@ -311,7 +338,10 @@ class LlamaCppBackend(PromptTools):
             # The held-back tail never became a stop string: release it.
             if len(text) > sent:
                 yield text[sent:], last
+                sent = len(text)
         finally:
             req.cancel()
             if not finished:
                 result.finish_reason = "cancelled"
+            if params.logprobs is not None:  # the tokens whose text was streamed (a stop string's are not)
+                result.logprobs = [lp for start, lp in scored if start < sent]

@@ -213,7 +213,7 @@ class PromptTools:
 
     async def stream(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message] | str,
         params: GenerationParams,
         adapter: str | None = None,
         result: Generation | None = None,
@@ -233,6 +233,7 @@ class TransformersBackend(PromptTools):
     """
 
     name = "local"
+    constrained = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -17,6 +17,7 @@ from service.settings import Settings
 
 class OpenAIBackend:
     name = "openai"
+    constrained = False
 
     def __init__(self, settings: Settings) -> None:
         from openai import AsyncOpenAI
@@ -68,7 +69,7 @@ class OpenAIBackend:
 
     async def stream(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message] | str,
         params: GenerationParams,
         adapter: str | None = None,
         result: Generation | None = None,
@@ -80,28 +81,33 @@ class OpenAIBackend:
         extra: dict[str, Any] = {"seed": params.seed} if params.seed is not None else {}
         if params.repetition_penalty != 1.0:
             extra["extra_body"] = {"repetition_penalty": params.repetition_penalty}
+        common: dict[str, Any] = {
+            "model": adapter or self.settings.models.name,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "frequency_penalty": params.frequency_penalty,
+            "presence_penalty": params.presence_penalty,
+            "stop": params.stop or None,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **extra,
+        }
         try:
-            stream = await self.client.chat.completions.create(  # type: ignore[call-overload]
-                model=adapter or self.settings.models.name,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                frequency_penalty=params.frequency_penalty,
-                presence_penalty=params.presence_penalty,
-                stop=params.stop or None,
-                stream=True,
-                stream_options={"include_usage": True},
-                **extra,
-            )
+            if isinstance(messages, str):  # a plain completion: the server's /v1/completions
+                stream = await self.client.completions.create(prompt=messages, **common)
+            else:
+                chat: Any = [{"role": m.role, "content": m.content} for m in messages]
+                stream = await self.client.chat.completions.create(messages=chat, **common)
             result.finish_reason = "cancelled"
             async for chunk in stream:
                 if chunk.usage:
                     result.prompt_tokens = chunk.usage.prompt_tokens
                     result.completion_tokens = chunk.usage.completion_tokens
                 for choice in chunk.choices:
-                    if choice.delta.content:
-                        yield choice.delta.content
+                    text = choice.text if isinstance(messages, str) else choice.delta.content
+                    if text:
+                        yield text
                     if choice.finish_reason:
                         result.finish_reason = "length" if choice.finish_reason == "length" else "stop"
         except openai.NotFoundError as exc:

@@ -64,6 +64,7 @@ class AdapterClient(AsyncClient):
 
 class TGIBackend:
     name = "tgi"
+    constrained = False
 
     def __init__(self, settings: Settings) -> None:
         if not settings.models.url:
@@ -116,7 +117,7 @@ class TGIBackend:
 
     async def stream(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message] | str,
         params: GenerationParams,
         adapter: str | None = None,
         result: Generation | None = None,
@@ -125,8 +126,11 @@ class TGIBackend:
 
         await self._refresh()
         result = result if result is not None else Generation()
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        prompt = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        if isinstance(messages, str):  # a plain completion
+            prompt = messages
+        else:
+            chat = [{"role": m.role, "content": m.content} for m in messages]
+            prompt = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         result.prompt_tokens = self.count_tokens(prompt)
         sampling = params.temperature > 0
         if params.presence_penalty and not self._enclave:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from service.chat import grounding, rag
+from service.chat import grounding, rag, structured
 from service.chat.admission import Admission, Ticket
 from service.chat.moderation import OutputGate
 from service.chat.rag import rag_prompt_of
@@ -34,7 +34,9 @@ from service.events import (
     ModerationEvent,
     RouteEvent,
     SourcesEvent,
+    TokenAlternative,
     TokenEvent,
+    TokenLogprobs,
     Usage,
 )
 from service.limits import KeyLimits
@@ -48,6 +50,7 @@ from service.protocols import (
     Moderator,
     Principal,
     Retriever,
+    TokenLogprob,
 )
 from service.settings import Settings
 from service.store import ConversationStore
@@ -98,6 +101,21 @@ class ChatPipeline:
             raise InvalidRequest(f"max_tokens {req.max_tokens} is over the limit of {lim.max_tokens_cap}")
         if req.adapter is not None and req.adapter not in self.backend.list_adapters():
             raise NotFound(f"unknown adapter '{req.adapter}'")
+        if not self.backend.constrained:
+            what = "a structured answer (schema, response_format, tools)" if req.output_spec() else None
+            what = what or ("logit_bias" if req.logit_bias else None)
+            what = what or ("logprobs" if req.logprobs is not None else None)
+            if what:
+                raise InvalidRequest(f"{what} needs the llama.cpp engine; the '{self.backend.name}' backend cannot")
+        spec = req.output_spec()
+        if req.raw and (spec is not None or req.route == "rag"):
+            raise InvalidRequest("a plain completion goes to the model as it is: no documents, schema or tools")
+        if spec is not None and spec.kind == "tools":
+            names = {t.name for t in spec.tools}
+            if not names:
+                raise InvalidRequest("tools is empty")
+            if spec.tool_choice not in ("auto", "required", *names):
+                raise InvalidRequest(f"tool_choice names '{spec.tool_choice}', which is not one of the tools")
 
     async def admit(self, principal: Principal | None = None) -> Ticket:
         """A place in the generation queue, after the caller's per-key limits; Overloaded at once if not."""
@@ -123,6 +141,9 @@ class ChatPipeline:
             frequency_penalty=m.frequency_penalty if req.frequency_penalty is None else req.frequency_penalty,
             presence_penalty=m.presence_penalty if req.presence_penalty is None else req.presence_penalty,
             loop_guard=m.loop_guard,
+            logit_bias=req.logit_bias or {},
+            output=req.output_spec(),
+            logprobs=req.logprobs,
         )
 
     # -- the run ------------------------------------------------------------------------------
@@ -222,22 +243,28 @@ class ChatPipeline:
             relevant = await self._without_injections(relevant)
             turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
             yield SourcesEvent(sources=rag.sources_of(relevant))
-            if not relevant:
+            if not relevant and params.output is None:
                 text = rag.NOTHING_FOUND.format(collection=signals.collection)
                 turn.text = text
                 yield TokenEvent(text=text)
                 yield await self._finish(turn, Generation(finish_reason="stop"))
                 return
+        prompt: list[Message] | str
+        if req.raw:  # a plain completion: the text goes to the model as it is
+            prompt = message
+        elif relevant:
             messages = [*history, *rag.rag_messages(message, relevant, rag_prompt_of(self.settings))]
             # The RAG system prompt must come first for chat templates that want one system turn.
             messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
-        else:
+        else:  # no route to the documents, or (for a structured answer) nothing relevant in them
             system = req.system or self.settings.models.system_prompt
             messages = [
                 Message(role="system", content=system),
                 *history,
                 Message(role="user", content=message),
             ]
+        if not req.raw:
+            prompt = structured.with_instructions(messages, params.output)
 
         # 5. Generate, through the output gate.
         result = Generation()
@@ -246,7 +273,7 @@ class ChatPipeline:
             self.moderator if mod.enabled and mod.check_output else None,
             self.settings.moderation.holdback_tokens,
         )
-        stream = self.backend.stream(messages, params, adapter=route.adapter, result=result)
+        stream = self.backend.stream(prompt, params, adapter=route.adapter, result=result)
         last_save = time.monotonic()
         first = True
         try:
@@ -284,9 +311,12 @@ class ChatPipeline:
             yield ModerationEvent(stage="output", action="redact", categories=gate.verdict.categories)
         if cancel.is_set():
             result.finish_reason = "cancelled"
-        if relevant and turn.text.strip() and self.embed is not None and result.finish_reason != "cancelled":
+        grounded = relevant and turn.text.strip() and self.embed is not None and params.output is None
+        if grounded and result.finish_reason != "cancelled":
             async for event in self._ground(turn, relevant, result):
                 yield event
+        if gate.redacted or (turn.citations or {}).get("unverified"):
+            result.logprobs = None  # the tokens are no longer the text shown: withheld (see DoneEvent)
         elapsed = time.perf_counter() - started
         if result.completion_tokens and elapsed > 0:
             self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
@@ -339,7 +369,10 @@ class ChatPipeline:
         self, req: ChatRequest, message: str, history: list[Message], principal: Principal
     ) -> RetrievalSignals:
         signals = RetrievalSignals(small_talk=req.route == "auto" and is_small_talk(message))
-        auto = req.route == "auto" and not req.adapter and not signals.small_talk
+        # A structured answer (JSON, tool calls) is the model's own: no documents to look up on `auto`.
+        auto = (
+            req.route == "auto" and not req.adapter and not signals.small_talk and req.output_spec() is None
+        ) and not req.raw
         domains = self.domains() if auto and self.domains and self.embed else {}
         if domains and self.embed:
             q = (await asyncio.to_thread(self.embed, [message]))[0]
@@ -392,6 +425,7 @@ class ChatPipeline:
             message_id=turn.assistant_id or "",
             finish_reason=result.finish_reason,
             usage=usage,
+            logprobs=None if result.logprobs is None else [_logprobs_of(lp) for lp in result.logprobs],
         )
 
     def _save_final(
@@ -440,6 +474,15 @@ class ChatPipeline:
             conversation_id=turn.conversation_id,
             message_id=turn.assistant_id,
         )
+
+
+def _logprobs_of(lp: TokenLogprob) -> TokenLogprobs:
+    return TokenLogprobs(
+        token=lp.token,
+        bytes=list(lp.bytes),
+        logprob=lp.logprob,
+        top_logprobs=[TokenAlternative(token=t, bytes=list(b), logprob=v) for t, b, v in lp.top],
+    )
 
 
 class _Turn:

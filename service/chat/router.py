@@ -74,6 +74,10 @@ class SignalRouter:
             if chosen is None:
                 return Route("base", None, "adapter route asked for, but no single adapter to pick", scores)
             return Route("adapter", chosen, f"the request named adapter '{chosen}'", scores)
+        if request.raw:
+            return Route("base", None, "a plain completion: the prompt goes to the model as it is", scores)
+        if request.output_spec() is not None:
+            return Route("base", None, "a structured answer (JSON or tool calls): the model answers", scores)
         if signals.small_talk:
             return Route("base", None, "small talk: the base model answers", scores)
         if signals.chunks and signals.top >= s.rag_min_score and signals.margin >= s.rag_min_margin:

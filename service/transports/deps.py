@@ -32,4 +32,6 @@ def event_json(event: Any) -> dict[str, Any]:
     data: dict[str, Any] = event.model_dump(mode="json")
     if data.get("type") == "error":  # ids are only present when a turn was stored
         data = {k: v for k, v in data.items() if v is not None}
+    elif data.get("type") == "done" and data.get("logprobs") is None:  # present only when asked for
+        data.pop("logprobs", None)
     return data

@@ -1,101 +1,35 @@
-"""OpenAI-compatible API: /v1/chat/completions (stream and not) and /v1/models.
+"""OpenAI-compatible API: /v1/chat/completions (stream and not, JSON output, tool calls) and /v1/models.
 
 The official `openai` client and LangChain's ChatOpenAI work unchanged. `model` is the base
 model's name or an adapter's; Enclave's own events ride along in an `enclave` field that
 OpenAI clients ignore. Extra request fields (extra_body): conversation_id, route, collection, and
 repetition_penalty (as vLLM names it). finish_reason is OpenAI's ("stop" when the loop guard ended a
-looping answer); the exact one ("repetition") is in the `enclave` field.
+looping answer); the exact one ("repetition") is in the `enclave` field. The request fields are in
+openai_schema.py: what is not there is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
+from service.chat import structured
 from service.chat.schema import ChatRequest
-from service.errors import EnclaveError, InvalidRequest, NotFound
+from service.errors import EnclaveError, InvalidRequest
 from service.events import DoneEvent, ErrorEvent, SourcesEvent, TokenEvent
-from service.protocols import Message, Principal
+from service.protocols import TOOL_OPEN, OutputSpec, Principal
 from service.transports.deps import event_json, get_state, principal, require_ready
+from service.transports.openai_schema import CompletionRequest, to_chat_request
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-
-class OAIMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[OAIMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    n: int = 1
-    # Enclave extras
-    conversation_id: str | None = None
-    route: Literal["auto", "rag", "adapter", "base"] = "auto"
-    collection: str | None = None
-    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-
-
-def to_chat_request(body: CompletionRequest, base_model: str, adapters: list[str]) -> ChatRequest:
-    if body.n != 1:
-        raise InvalidRequest("only n=1 is supported")
-    msgs = body.messages
-    if msgs[-1].role != "user":
-        raise InvalidRequest("the last message must have role 'user'")
-    adapter = None
-    if body.model != base_model:
-        if body.model not in adapters:
-            raise NotFound(f"the model '{body.model}' does not exist; see GET /v1/models")
-        adapter = body.model
-    system = "\n".join(m.text() for m in msgs[:-1] if m.role in ("system", "developer")) or None
-    history = [Message(role=m.role, content=m.text()) for m in msgs[:-1] if m.role in ("user", "assistant")]
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    return ChatRequest(
-        message=msgs[-1].text(),
-        conversation_id=body.conversation_id,
-        route="adapter" if adapter else body.route,
-        adapter=adapter,
-        collection=body.collection,
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=stop,
-        seed=body.seed,
-        repetition_penalty=body.repetition_penalty,
-        frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-        history=history,
-        system=system,
-    )
 
 
 @router.get("/models")
@@ -115,7 +49,13 @@ async def list_models(request: Request, who: Principal = Depends(principal)) -> 
         }
         for name in state.backend.list_adapters()
     ]
+    if state.kb is not None:  # the embedder, for /v1/embeddings
+        data.append({"id": state.kb.embedder.name, "object": "model", "created": created, "owned_by": "enclave"})
     return {"object": "list", "data": data}
+
+
+# Choices one request may ask for (n): each is an answer of its own, decoded beside the others.
+MAX_CHOICES = 8
 
 
 @router.post("/chat/completions", response_model=None)
@@ -126,77 +66,69 @@ async def chat_completions(
     require_ready(state)
     state.metrics.requests.labels("openai").inc()
     req = to_chat_request(body, state.settings.models.name, state.backend.list_adapters())
-    state.pipeline.validate(req)
-    ticket = await state.pipeline.admit(who)
-    cid = "chatcmpl-" + uuid.uuid4().hex[:24]
-    created = int(time.time())
-    events = state.pipeline.run(req, who, ticket=ticket)
+    if body.n > 1 and req.conversation_id:
+        raise InvalidRequest("n > 1 cannot continue a conversation (each choice would be its next turn)")
+    events = await started_choices(state, [req], body.n, who)
+    spec = req.output_spec()
+    reply = Reply("chatcmpl-" + uuid.uuid4().hex[:24], int(time.time()), body.model)
 
     if not body.stream:
-        text, extras, done = "", [], None
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                text += event.text
-            elif isinstance(event, ErrorEvent):
-                raise _as_error(event)
-            elif isinstance(event, DoneEvent):
-                done = event
-            else:
-                extras.append(event_json(event))
-        assert done is not None
+        texts = [""] * body.n
+        extras: list[list[dict[str, Any]]] = [[] for _ in range(body.n)]
+        dones: list[DoneEvent | None] = [None] * body.n
+        async with contextlib.aclosing(events):
+            async for i, event in events:
+                if isinstance(event, TokenEvent):
+                    texts[i] += event.text
+                elif isinstance(event, ErrorEvent):
+                    raise as_error(event)
+                elif isinstance(event, DoneEvent):
+                    dones[i] = event
+                else:
+                    extras[i].append(event_json(event))
+        finished = [d for d in dones if d is not None]
+        assert len(finished) == body.n
+        choices = []
+        for i, (text, done) in enumerate(zip(texts, finished, strict=True)):
+            message, finish = _message(text, spec, done)
+            choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": _logprobs(done)})
+        enclave = [
+            {
+                "conversation_id": d.conversation_id,
+                "message_id": d.message_id,
+                "finish_reason": d.finish_reason,
+                "events": extras[i],
+            }
+            for i, d in enumerate(finished)
+        ]
         return JSONResponse(
             {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": body.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": _finish(done.finish_reason),
-                    }
-                ],
-                "usage": done.usage.model_dump(),
-                "enclave": {
-                    "conversation_id": done.conversation_id,
-                    "message_id": done.message_id,
-                    "finish_reason": done.finish_reason,
-                    "events": extras,
-                },
+                **reply.head("chat.completion"),
+                "choices": choices,
+                "usage": usage_of(finished, body.n),
+                "enclave": enclave[0] if body.n == 1 else {"choices": enclave},
             }
         )
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        data = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(data)}\n\n"
-
     async def lines() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        async for event in events:
+        streams = [_ChoiceStream(i, spec) for i in range(body.n)]
+        dones: list[DoneEvent] = []
+        for st in streams:
+            yield reply.chunk(st.index, {"role": "assistant", "content": ""})
+        async for i, event in events:
+            st = streams[i]
             if isinstance(event, TokenEvent):
-                yield chunk({"content": event.text})
+                delta = st.push(event.text)
+                if delta:
+                    yield reply.chunk(i, delta)
             elif isinstance(event, DoneEvent):
-                yield chunk({}, _finish(event.finish_reason), enclave=event_json(event))
-                if include_usage:
-                    usage = {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": body.model,
-                        "choices": [],
-                        "usage": event.usage.model_dump(),
-                    }
-                    yield f"data: {json.dumps(usage)}\n\n"
+                dones.append(event)
+                delta, finish = st.finish(event)
+                if delta:
+                    yield reply.chunk(i, delta)
+                yield reply.chunk(i, {}, finish, logprobs=_logprobs(event), enclave=event_json(event))
             elif isinstance(event, ErrorEvent):
                 err = {
                     "error": {"message": event.message, "type": event.code, "code": event.code},
@@ -204,10 +136,152 @@ async def chat_completions(
                 }
                 yield f"data: {json.dumps(err)}\n\n"
             elif isinstance(event, SourcesEvent) or event.type in ("route", "moderation", "citations"):
-                yield chunk({}, None, enclave=event_json(event))
+                yield reply.chunk(i, {}, None, enclave=event_json(event))
+        if include_usage and dones:
+            usage = {**reply.head("chat.completion.chunk"), "choices": [], "usage": usage_of(dones, body.n)}
+            yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class Reply:
+    """The fields every response and chunk of one completion shares."""
+
+    def __init__(self, cid: str, created: int, model: str) -> None:
+        self.cid, self.created, self.model = cid, created, model
+
+    def head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.cid, "object": kind, "created": self.created, "model": self.model}
+
+    def chunk(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        data = {
+            **self.head("chat.completion.chunk"),
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+            **extra,
+        }
+        return f"data: {json.dumps(data)}\n\n"
+
+
+class _ChoiceStream:
+    """One choice's deltas. With tools, an answer that starts with a tool call is held back and sent as
+    `tool_calls` once it is complete (its arguments then always parse); plain text streams as it comes."""
+
+    def __init__(self, index: int, spec: OutputSpec | None) -> None:
+        self.index = index
+        self.tools = spec is not None and spec.kind == "tools"
+        self.calling: bool | None = None if self.tools else False  # None: not known yet
+        self.held = ""
+
+    def push(self, text: str) -> dict[str, Any] | None:
+        if self.calling is False:
+            return {"content": text}
+        self.held += text
+        if self.calling is None:
+            start = self.held.lstrip()
+            if start.startswith(TOOL_OPEN):
+                self.calling = True
+            elif start and not TOOL_OPEN.startswith(start):
+                self.calling = False
+                text, self.held = self.held, ""
+                return {"content": text}
+        return None
+
+    def finish(self, done: DoneEvent) -> tuple[dict[str, Any] | None, str]:
+        calls = structured.tool_calls_of(self.held) if self.calling is not False else []
+        if calls:
+            return {"tool_calls": [c.openai(index=k) for k, c in enumerate(calls)]}, "tool_calls"
+        delta = {"content": self.held} if self.held else None
+        return delta, _finish(done.finish_reason)
+
+
+def _message(text: str, spec: OutputSpec | None, done: DoneEvent) -> tuple[dict[str, Any], str]:
+    """A whole answer as OpenAI's message and finish_reason: tool calls when it made some."""
+    calls = structured.tool_calls_of(text) if spec is not None and spec.kind == "tools" else []
+    if calls:
+        return {"role": "assistant", "content": None, "tool_calls": [c.openai() for c in calls]}, "tool_calls"
+    return {"role": "assistant", "content": text}, _finish(done.finish_reason)
+
+
+def _logprobs(done: DoneEvent) -> dict[str, Any] | None:
+    """OpenAI's choice.logprobs: every token of the answer (streamed: all in the last chunk)."""
+    if done.logprobs is None:
+        return None
+    return {"content": [lp.model_dump() for lp in done.logprobs], "refusal": None}
+
+
+async def started_choices(
+    state: Any, reqs: list[ChatRequest], n: int, who: Principal
+) -> AsyncGenerator[tuple[int, Any], None]:
+    """Validates and admits n runs of each request (all or none), then merges their events as (choice, event):
+    choice k * n + j is request k's j-th. Choice j > 0 draws with seed + j, so that with a seed the n choices
+    are reproducible and not all the same."""
+    if n > MAX_CHOICES:
+        raise InvalidRequest(f"n is {n}; at most {MAX_CHOICES} choices per request")
+    if len(reqs) * n > MAX_CHOICES:
+        raise InvalidRequest(f"{len(reqs)} prompts × n {n} is over the {MAX_CHOICES} choices one request may ask for")
+    for req in reqs:
+        state.pipeline.validate(req)
+    tickets = []
+    try:
+        for _ in range(len(reqs) * n):
+            tickets.append(await state.pipeline.admit(who))
+    except EnclaveError:
+        for t in tickets:
+            t.release()
+        raise
+    runs = [
+        state.pipeline.run(
+            req if j == 0 or req.seed is None else req.model_copy(update={"seed": req.seed + j}), who, ticket=ticket
+        )
+        for (req, j), ticket in zip([(r, j) for r in reqs for j in range(n)], tickets, strict=True)
+    ]
+    return merged(runs)
+
+
+def usage_of(dones: list[DoneEvent], n: int = 1) -> dict[str, int]:
+    """Each prompt once, every choice's tokens (as OpenAI counts n > 1): the n choices of a prompt share it."""
+    prompt = sum(d.usage.prompt_tokens for d in dones) // n
+    completion = sum(d.usage.completion_tokens for d in dones)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def merged(runs: list[AsyncIterator[Any]]) -> AsyncGenerator[tuple[int, Any], None]:
+    """(choice index, event) from every run as they come; one run is read directly."""
+    if len(runs) == 1:
+        async for event in runs[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    end = object()
+
+    async def pump(i: int, run: AsyncIterator[Any]) -> None:
+        try:
+            async for event in run:
+                await queue.put((i, event))
+        finally:
+            await queue.put((i, end))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(runs)]
+    try:
+        left = len(tasks)
+        while left:
+            i, event = await queue.get()
+            if event is end:
+                left -= 1
+            else:
+                yield i, event
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _finish(reason: str) -> str:
@@ -215,7 +289,7 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _as_error(event: ErrorEvent) -> EnclaveError:
+def as_error(event: ErrorEvent) -> EnclaveError:
     from service import errors
 
     by_code = {cls.code: cls for cls in errors.EnclaveError.__subclasses__()}
