@@ -77,10 +77,6 @@ class State:
         if "backend" not in self._loaded:
             await self.backend.aload()
             self._loaded.add("backend")
-        if self.settings.moderation.enabled and self.pipeline.moderator is None:
-            from service.moderation import build_moderator
-
-            self.pipeline.moderator = await asyncio.to_thread(build_moderator, self.settings.moderation, self.backend)
         if self.registry is None:
             await self._open_registry()
         if self.kb is None:
@@ -89,6 +85,13 @@ class State:
                 self.pipeline.retriever = self.kb.retriever()
                 self.pipeline.collections = self.kb.collection_names
                 self.pipeline.embed = self.kb.embedder.embed
+        if self.settings.moderation.enabled and self.pipeline.moderator is None:
+            from service.moderation import build_moderator
+
+            # After the knowledge base: the embedding classifier reads the vectors of its embedder.
+            self.pipeline.moderator = await asyncio.to_thread(
+                build_moderator, self.settings.moderation, self.backend, self.pipeline.embed
+            )
         self.pipeline.domains = self.registry.domains
 
     async def _open_registry(self) -> None:

@@ -50,14 +50,15 @@ class CitationsEvent(BaseModel):
     type: Literal["citations"] = "citations"
     sentences: list[SentenceCitation]
     unverified: bool = Field(
-        False, description="Most sentences are supported by no passage (or the answer looped): the passages were "
-        "quoted after it instead."
+        False,
+        description="Most sentences are supported by no passage (or the answer looped): the passages were "
+        "quoted after it instead.",
     )
 
 
 class ModerationEvent(BaseModel):
     type: Literal["moderation"] = "moderation"
-    stage: Literal["input", "output"]
+    stage: Literal["input", "output", "context"]  # context: sentences cut out of retrieved passages
     action: Literal["allow", "redact", "block"]
     categories: list[str] = Field(default_factory=list)
 

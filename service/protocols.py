@@ -152,9 +152,19 @@ class Verdict:
 
 class Moderator(Protocol):
     """Called on the event loop for every message, retrieved passage and growing answer: a check that
-    waits (a guard model) awaits; one that only computes returns at once."""
+    waits (a guard model) or computes for long (an embedder) awaits; one that only matches returns at once.
+    `thorough` False: the cheap checks only (the output gate asks for the thorough one once per hold-back
+    window, so every piece it releases was read by it)."""
 
-    async def check(self, text: str, stage: Literal["input", "output", "context"]) -> Verdict: ...
+    async def check(
+        self, text: str, stage: Literal["input", "output", "context"], thorough: bool = True
+    ) -> Verdict: ...
+
+    async def check_many(
+        self, texts: Sequence[str], stage: Literal["input", "output", "context"], thorough: bool = True
+    ) -> list[Verdict]:
+        """One verdict per text, checked together (the sentences of retrieved passages)."""
+        ...
 
 
 @dataclass

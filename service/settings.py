@@ -214,6 +214,8 @@ DEFAULT_POLICIES: dict[str, Policy] = {
     "self_harm": "block",
     "illegal_activity": "block",
     "prompt_injection": "block",
+    # An answer repeating the system prompt or Enclave's instructions (service/moderation/leaks.py).
+    "prompt_leak": "block",
     "personal_data": "redact",
 }
 
@@ -230,6 +232,16 @@ class ModerationSettings(BaseModel):
     input_threshold: float = Field(0.5, description="Classifier probability at which an input is flagged.")
     output_threshold: float = Field(
         0.7, description="Classifier probability at which generated text is flagged (stricter: answers are longer)."
+    )
+    embedding_threshold: float | None = Field(
+        None,
+        description="Probability of harm at which the embedding classifier flags a message; unset: the operating "
+        "point chosen when its shipped weights were trained (bench/moderation --train).",
+    )
+    embedding_output_threshold: float = Field(
+        0.9,
+        description="The embedding classifier's bar for retrieved passages and streamed answers (longer, and about "
+        "anything): the higher of this and the input threshold.",
     )
     guard_model: str | None = Field(
         None, description="A Llama-Guard-style model or adapter served by the configured backend; off when unset."

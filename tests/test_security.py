@@ -51,6 +51,8 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "ENCLAVE_MODELS__BACKEND": "echo",
             "ENCLAVE_MODELS__ECHO_TOKENS_PER_SECOND": "0",
             "ENCLAVE_MODELS__ECHO_SOURCE": "prompt",
+            # The echo of the whole prompt is how these tests see what a model would: no leak to stop here.
+            "ENCLAVE_MODERATION__POLICIES__PROMPT_LEAK": "allow",
             "ENCLAVE_MODELS__MAX_TOKENS": "1000",
             "ENCLAVE_AUTH__API_KEYS_FILE": str(keys),
             "ENCLAVE_AUTH__ALLOWED_ORIGINS": "https://chat.example.com",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -31,7 +31,10 @@ def test_stop_matcher_holds_back_a_possible_stop() -> None:
 class RegexModerator:
     """A fake at the Moderator seam: blocks 'forbidden', redacts e-mail addresses."""
 
-    async def check(self, text: str, stage: Literal["input", "output"]) -> Verdict:
+    async def check_many(self, texts: Any, stage: Literal["input", "output"], thorough: bool = True) -> list[Verdict]:
+        return [await self.check(t, stage, thorough) for t in texts]
+
+    async def check(self, text: str, stage: Literal["input", "output"], thorough: bool = True) -> Verdict:
         if "forbidden" in text:
             return Verdict("block", ["test"])
         spans = [m.span() for m in re.finditer(r"\S+@\S+\.\w+", text)]

@@ -148,9 +148,10 @@ def citations(grounded: Sequence[Grounded]) -> list[dict[str, object]]:
     for g in grounded:
         s = g.sentence
         if g.supported_by_citation:
-            source, support = max(
-                (n for n in s.cited if 0 < n <= len(g.support)), key=lambda n: g.support[n - 1]
-            ), g.cited_support
+            source, support = (
+                max((n for n in s.cited if 0 < n <= len(g.support)), key=lambda n: g.support[n - 1]),
+                g.cited_support,
+            )
         elif g.supported:
             source, support = g.best, g.support[g.best - 1]
         else:

@@ -7,6 +7,7 @@ It yields typed ChatEvents and never raises into a transport: every run ends wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,8 @@ from service.events import (
 )
 from service.limits import KeyLimits
 from service.metrics import Metrics
+from service.moderation import sentences
+from service.moderation.leaks import LeakCheck
 from service.protocols import (
     Chunk,
     Generation,
@@ -240,7 +243,9 @@ class ChatPipeline:
                 for c in signals.chunks
                 if float(c.metadata.get("dense_score", c.score)) >= self.settings.rag.score_threshold
             ][: self.settings.rag.top_k]
-            relevant = await self._without_injections(relevant)
+            relevant, cut = await self._without_injections(relevant)
+            if cut:
+                yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])
             turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
             yield SourcesEvent(sources=rag.sources_of(relevant))
             if not relevant and params.output is None:
@@ -250,14 +255,17 @@ class ChatPipeline:
                 yield await self._finish(turn, Generation(finish_reason="stop"))
                 return
         prompt: list[Message] | str
+        protected: list[str] = []  # what the answer must not repeat (the output gate's leak check)
         if req.raw:  # a plain completion: the text goes to the model as it is
             prompt = message
         elif relevant:
+            protected = list(rag.INSTRUCTIONS)
             messages = [*history, *rag.rag_messages(message, relevant, rag_prompt_of(self.settings))]
             # The RAG system prompt must come first for chat templates that want one system turn.
             messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
         else:  # no route to the documents, or (for a structured answer) nothing relevant in them
             system = req.system or self.settings.models.system_prompt
+            protected = [system]
             messages = [
                 Message(role="system", content=system),
                 *history,
@@ -272,6 +280,7 @@ class ChatPipeline:
         gate = OutputGate(
             self.moderator if mod.enabled and mod.check_output else None,
             self.settings.moderation.holdback_tokens,
+            LeakCheck(protected) if mod.policies.get("prompt_leak", "block") == "block" else None,
         )
         stream = self.backend.stream(prompt, params, adapter=route.adapter, result=result)
         last_save = time.monotonic()
@@ -340,18 +349,31 @@ class ChatPipeline:
             yield TokenEvent(text=notice)
         yield CitationsEvent(sentences=sentences, unverified=unverified)  # type: ignore[arg-type]
 
-    async def _without_injections(self, chunks: list[Chunk]) -> list[Chunk]:
-        """Retrieved passages carrying instructions aimed at the model never reach the prompt."""
+    async def _without_injections(self, chunks: list[Chunk]) -> tuple[list[Chunk], int]:
+        """Retrieved passages as data, not instructions: every sentence that gives the model instructions is cut
+        out (the rest of the passage is kept and cited); a passage left with nothing is dropped. Returns the
+        passages and how many sentences were cut."""
         if self.moderator is None or not self.settings.moderation.enabled:
-            return chunks
-        kept = []
-        for c in chunks:
-            verdict = await self.moderator.check(c.text, "context")
-            if verdict.action == "block" and "prompt_injection" in verdict.categories:
-                log.warning("dropped retrieved chunk %s: injected instructions", c.id)
+            return chunks, 0
+        spans = [sentences.sentences(c.text) for c in chunks]
+        texts = [c.text[a:b] for c, found in zip(chunks, spans, strict=True) for a, b in found]
+        verdicts = iter(await self.moderator.check_many(texts, "context")) if texts else iter(())
+        kept, cut = [], 0
+        for c, found in zip(chunks, spans, strict=True):
+            bad = [
+                (a, b)
+                for a, b in found
+                if (v := next(verdicts)).action == "block" and "prompt_injection" in v.categories
+            ]
+            if not bad:
+                kept.append(c)
                 continue
-            kept.append(c)
-        return kept
+            cut += len(bad)
+            text = sentences.without(c.text, bad)
+            log.warning("cut %d sentence(s) of instructions out of retrieved chunk %s", len(bad), c.id)
+            if sentences.worth_keeping(text):
+                kept.append(dataclasses.replace(c, text=text, embedding=None))  # its stored vector was the whole
+        return kept, cut
 
     async def _history(self, conversation_id: str) -> list[Message]:
         rows = await asyncio.to_thread(self.store.history, conversation_id)

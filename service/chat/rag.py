@@ -52,6 +52,12 @@ EXAMPLE_ANSWER = "Run `acme restore FILE` to restore a backup [1]."
 EXAMPLE_PROMPT = ChatPromptTemplate.from_messages(
     [("system", QUESTION_SYSTEM), ("human", EXAMPLE_TURN), ("ai", EXAMPLE_ANSWER), ("human", QUESTION_TURN)]
 )
+# What an answer must never repeat (the output gate's leak check): every instruction Enclave gives the model.
+INSTRUCTIONS = (
+    RAG_SYSTEM.split("\n\nContext:", 1)[0],
+    QUESTION_SYSTEM,
+    QUESTION_TURN.split("Question: {question}\n\n", 1)[1],
+)
 PROMPTS = {
     "passages-in-system": RAG_PROMPT,
     "passages-in-question": QUESTION_PROMPT,

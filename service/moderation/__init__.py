@@ -4,6 +4,7 @@ guard model served on-prem. `build_moderator(settings)` is the one place that ch
 
 from __future__ import annotations
 
+from service.moderation.embedding import Embed
 from service.moderation.moderator import CompositeModerator, FastModerator, GuardModelModerator
 from service.protocols import GenerationBackend, Moderator
 from service.settings import ModerationSettings
@@ -11,8 +12,11 @@ from service.settings import ModerationSettings
 __all__ = ["CompositeModerator", "FastModerator", "GuardModelModerator", "build_moderator"]
 
 
-def build_moderator(settings: ModerationSettings, backend: GenerationBackend | None = None) -> Moderator:
-    fast = FastModerator(settings)
+def build_moderator(
+    settings: ModerationSettings, backend: GenerationBackend | None = None, embed: Embed | None = None
+) -> Moderator:
+    """`embed`: the service's sentence embedder (the knowledge base's), for the embedding classifier."""
+    fast = FastModerator(settings, embed=embed)
     if settings.guard_model and backend is not None:
         return CompositeModerator(fast, GuardModelModerator(backend, settings.guard_model))
     return fast

@@ -1,12 +1,21 @@
-"""The moderators: per-category policies over the PII detectors and the harm classifier."""
+"""The moderators: per-category policies over the PII detectors and the harm classifiers.
+
+A message is read as it is and as its de-obfuscated readings (service.moderation.normalize: base64, hex, leetspeak,
+homoglyphs, invisible characters…), and in parts when it is long; the lexical classifier and, where the service
+has an embedder, the embedding classifier (service.moderation.embedding) judge each.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from service.moderation.classifier import HarmClassifier, injection_pattern
+from service.moderation.embedding import Embed, EmbeddingClassifier, parts
+from service.moderation.normalize import readings
 from service.moderation.pii import find_pii
 from service.protocols import GenerationBackend, GenerationParams, Message, Verdict
 from service.settings import ModerationSettings
@@ -31,33 +40,88 @@ OUTPUT_WINDOW_CHARS = 600
 
 
 class FastModerator:
-    """PII and secrets by pattern; harm categories by classifier; prompt injection by both."""
+    """PII and secrets by pattern; harm categories by two classifiers (lexical, and over sentence embeddings when
+    an `embed` function is given); prompt injection by both and by pattern."""
 
-    def __init__(self, settings: ModerationSettings, classifier: HarmClassifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: ModerationSettings,
+        classifier: HarmClassifier | None = None,
+        embed: Embed | None = None,
+        embedding: EmbeddingClassifier | None = None,
+    ) -> None:
         self.settings = settings
         self.classifier = classifier or HarmClassifier()
+        self.embed = embed
+        self.embedding = embedding if embedding is not None else (EmbeddingClassifier.load() if embed else None)
 
-    def categories(self, text: str, stage: Stage) -> list[str]:
-        threshold = self.settings.input_threshold if stage == "input" else self.settings.output_threshold
-        # A streamed answer is re-checked as it grows: the classifier reads a sliding window of its latest
-        # part (earlier windows were checked before), so each check stays fast however long the answer
-        # gets; the PII patterns still scan all of it.
-        flagged = self.classifier.flag(text[-OUTPUT_WINDOW_CHARS:] if stage == "output" else text, threshold)
-        # Injection is about instructions aimed at the model: in input and in retrieved documents,
-        # not in the model's own answer (which may well quote such text when asked about it).
-        if stage != "output" and "prompt_injection" not in flagged and injection_pattern(text):
-            flagged.append("prompt_injection")
+    def views(self, text: str, stage: Stage) -> list[str]:
+        """What the classifiers read: a streamed answer's latest window (earlier windows were checked before, so
+        each check stays fast however long the answer gets; the PII patterns still scan all of it); a message or
+        passage as each of its readings, in parts."""
         if stage == "output":
-            flagged = [c for c in flagged if c != "prompt_injection"]
+            return [text[-OUTPUT_WINDOW_CHARS:]]
+        return [p for reading in readings(text) for p in parts(reading)]
+
+    def categories(self, text: str, stage: Stage, thorough: bool = True) -> list[str]:
+        return self.categories_of([text], stage, thorough)[0]
+
+    def categories_of(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[list[str]]:
+        """The harm categories of each text; the embeddings of all of them in one call (only when `thorough`)."""
+        threshold = self.settings.input_threshold if stage == "input" else self.settings.output_threshold
+        views = [self.views(t, stage) for t in texts]
+        flagged: list[list[str]] = []
+        for seen in views:
+            found = next((f for f in (self.classifier.flag(v, threshold) for v in seen) if f), [])
+            # Injection is about instructions aimed at the model: in input and in retrieved documents, not in the
+            # model's own answer (which may well quote such text when asked about it).
+            if stage != "output" and "prompt_injection" not in found and any(injection_pattern(v) for v in seen):
+                found.append("prompt_injection")
+            flagged.append(found)
+        if thorough and self.embed is not None and self.embedding is not None:
+            todo = [i for i, f in enumerate(flagged) if not f]
+            flat = [v for i in todo for v in views[i]]
+            if flat:
+                vectors = self.embed(flat)
+                at = 0
+                limit = self.embedding_threshold(stage)
+                for i in todo:
+                    n = len(views[i])
+                    harm, label = self.embedding.harm(vectors[at : at + n])
+                    at += n
+                    if harm >= limit:
+                        flagged[i] = [label]
+        if stage == "output":
+            flagged = [[c for c in f if c != "prompt_injection"] for f in flagged]
         return flagged
 
-    async def check(self, text: str, stage: Stage) -> Verdict:
-        return self.verdict(text, stage)
+    def embedding_threshold(self, stage: Stage) -> float:
+        """The embedding classifier's operating point: chosen at training time for input; answers and passages
+        are longer and about anything, so they need more certainty (settings may override both)."""
+        assert self.embedding is not None
+        base = self.settings.embedding_threshold or self.embedding.threshold
+        return base if stage == "input" else max(base, self.settings.embedding_output_threshold)
 
-    def verdict(self, text: str, stage: Stage) -> Verdict:
+    async def check(self, text: str, stage: Stage, thorough: bool = True) -> Verdict:
+        return (await self.check_many([text], stage, thorough))[0]
+
+    async def check_many(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[Verdict]:
+        if thorough and self.embed is not None and self.embedding is not None:
+            # The embedder computes for milliseconds: in a worker thread, so other streams keep flowing.
+            return await asyncio.to_thread(self.verdicts, texts, stage, thorough)
+        return self.verdicts(texts, stage, thorough)
+
+    def verdict(self, text: str, stage: Stage, thorough: bool = True) -> Verdict:
         """The same check, synchronously (benchmarks, and code outside the event loop)."""
+        return self.verdicts([text], stage, thorough)[0]
+
+    def verdicts(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[Verdict]:
+        found = self.categories_of(texts, stage, thorough)
+        return [self._verdict(t, c, stage) for t, c in zip(texts, found, strict=True)]
+
+    def _verdict(self, text: str, categories: list[str], stage: Stage) -> Verdict:
         policies = self.settings.policies
-        blocking = [c for c in self.categories(text, stage) if policies.get(c, "block") == "block"]
+        blocking = [c for c in categories if policies.get(c, "block") == "block"]
         if blocking:
             return Verdict("block", blocking)
         if policies.get("personal_data", "redact") == "allow":
@@ -111,7 +175,10 @@ class GuardModelModerator:
         self.backend = backend
         self.model = model
 
-    async def check(self, text: str, stage: Stage) -> Verdict:
+    async def check_many(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[Verdict]:
+        return [await self.check(t, stage, thorough) for t in texts]
+
+    async def check(self, text: str, stage: Stage, thorough: bool = True) -> Verdict:
         role = "Agent" if stage == "output" else "User"
         prompt = _GUARD_TEMPLATE.format(role=role, categories=_CATEGORY_TEXT, text=text[-4000:])
         adapter = self.model if self.model in self.backend.list_adapters() else None
@@ -140,9 +207,15 @@ class CompositeModerator:
         self.fast = fast
         self.guard = guard
 
-    async def check(self, text: str, stage: Stage) -> Verdict:
-        verdict = self.fast.verdict(text, stage)
-        if verdict.action == "block" or stage not in self.GUARDED:
-            return verdict
-        second = await self.guard.check(text, stage)
-        return second if second.action == "block" else verdict
+    async def check(self, text: str, stage: Stage, thorough: bool = True) -> Verdict:
+        return (await self.check_many([text], stage, thorough))[0]
+
+    async def check_many(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[Verdict]:
+        verdicts = await self.fast.check_many(texts, stage, thorough)
+        if stage not in self.GUARDED:
+            return verdicts
+        out = []
+        for text, verdict in zip(texts, verdicts, strict=True):
+            second = await self.guard.check(text, stage) if verdict.action != "block" else verdict
+            out.append(second if second.action == "block" else verdict)
+        return out
