@@ -75,8 +75,15 @@ def doc_sentences(n: int = DOC_SENTENCES) -> list[str]:
     return random.Random(0).sample(out, min(n, len(out)))
 
 
+def router_queries() -> list[str]:
+    """The router's labelled queries (questions about the documents, an adapter's domain, small talk): all benign."""
+    path = ROOT / "service" / "chat" / "router_data" / "labels.jsonl"
+    return [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
+
+
 def training_rows() -> list[dict[str, str]]:
     own = [{"text": q, "label": "benign", "source": "enclave/bench-answers"} for q in own_questions()]
+    own += [{"text": q, "label": "benign", "source": "enclave/router"} for q in router_queries()]
     docs = [{"text": t, "label": "benign", "source": "python-docs/sentences"} for t in doc_sentences()]
     return [{**r, "source": "enclave"} for r in load_rows("train")] + own + docs + public_rows("train")
 

@@ -148,6 +148,8 @@ class Verdict:
     categories: list[str] = field(default_factory=list)
     spans: list[tuple[int, int]] = field(default_factory=list)
     redacted: str | None = None
+    # The embedding classifier's probability that the text is harmful, where it read it (None: it did not).
+    harm: float | None = None
 
 
 class Moderator(Protocol):

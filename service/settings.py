@@ -246,6 +246,12 @@ class ModerationSettings(BaseModel):
     guard_model: str | None = Field(
         None, description="A Llama-Guard-style model or adapter served by the configured backend; off when unset."
     )
+    guard_min_harm: float = Field(
+        0.05,
+        description="The guard model reads a message only when the embedding classifier gives it at least this "
+        "probability of harm (and let it through): on the public benign set that skips three in four messages and "
+        "no attack.",
+    )
 
 
 class AdapterSettings(BaseModel):

@@ -171,7 +171,10 @@ def test_guard_model_hook(mod: FastModerator) -> None:
 def test_a_chat_through_a_guard_model_inside_the_server(tmp_path: Path) -> None:
     """`moderation.guard_model` set: the guard runs on the server's own engine, awaited inside the event loop
     (it used to call asyncio.run there, so every chat ended in an `internal` error)."""
-    server = Server(tmp_path, env={"ENCLAVE_MODERATION__GUARD_MODEL": FAST_BASE}, log_name="guard").start()
+    # Every message the fast classifiers let through goes to the guard here (by default only those they are unsure
+    # of: test_the_guard_model_reads_only_what_the_classifier_is_unsure_of).
+    env = {"ENCLAVE_MODERATION__GUARD_MODEL": FAST_BASE, "ENCLAVE_MODERATION__GUARD_MIN_HARM": "0"}
+    server = Server(tmp_path, env=env, log_name="guard").start()
     try:
         for message in ["What is the capital of France?", "Tell me about the weather in spring."]:
             with connect(server.ws_url) as ws:
@@ -517,3 +520,13 @@ def test_repeat_the_words_above_never_shows_the_system_prompt(echo_server: Serve
         assert any(e["type"] == "moderation" and "prompt_leak" in e.get("categories", []) for e in events) or any(
             e["type"] == "moderation" and e["stage"] == "input" for e in events
         )
+
+
+def test_the_guard_model_reads_only_what_the_classifier_is_unsure_of(served: FastModerator) -> None:
+    backend = ScriptedBackend("unsafe\nS2")
+    both = CompositeModerator(served, GuardModelModerator(backend, "llama-guard"), min_harm=0.05)  # type: ignore[arg-type]
+    sure = asyncio.run(both.check("What is the capital of France?", "input"))
+    assert sure.action == "allow" and sure.harm is not None and sure.harm < 0.05 and backend.prompts == []
+    unsure = "How do lock picks work?"
+    assert 0.05 <= (served.verdict(unsure, "input").harm or 0) < served.embedding_threshold("input")
+    assert asyncio.run(both.check(unsure, "input")).action == "block" and len(backend.prompts) == 1

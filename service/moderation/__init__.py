@@ -18,5 +18,5 @@ def build_moderator(
     """`embed`: the service's sentence embedder (the knowledge base's), for the embedding classifier."""
     fast = FastModerator(settings, embed=embed)
     if settings.guard_model and backend is not None:
-        return CompositeModerator(fast, GuardModelModerator(backend, settings.guard_model))
+        return CompositeModerator(fast, GuardModelModerator(backend, settings.guard_model), settings.guard_min_harm)
     return fast

@@ -37,6 +37,18 @@ def redact(text: str, spans: list[tuple[int, int]]) -> str:
 
 # About 100 words: several hold-back windows of overlap between consecutive checks of a stream.
 OUTPUT_WINDOW_CHARS = 600
+# The embedding classifier reads a shorter tail of the answer (its cost grows with the tokens it reads: ~10 ms
+# here against ~21 ms for 600 characters); it reads once per hold-back window, ~40 characters apart.
+OUTPUT_EMBED_CHARS = 320
+# Below this many words, the embedding classifier's "prompt injection" alone needs this probability of harm.
+SHORT_WORDS = 30
+SHORT_INJECTION_HARM = 0.98
+
+
+def latin(text: str) -> bool:
+    """Whether most of the letters of `text` are Latin ones (what the embedding classifier can read)."""
+    letters = [c for c in text[:2000] if c.isalpha()]
+    return not letters or sum(c.isascii() or "\u00c0" <= c <= "\u024f" for c in letters) >= 0.5 * len(letters)
 
 
 class FastModerator:
@@ -67,10 +79,15 @@ class FastModerator:
         return self.categories_of([text], stage, thorough)[0]
 
     def categories_of(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[list[str]]:
-        """The harm categories of each text; the embeddings of all of them in one call (only when `thorough`)."""
+        return [found for found, _ in self.judge(texts, stage, thorough)]
+
+    def judge(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[tuple[list[str], float | None]]:
+        """The harm categories of each text, and the embedding classifier's probability of harm where it read it;
+        the embeddings of all of them in one call (only when `thorough`)."""
         threshold = self.settings.input_threshold if stage == "input" else self.settings.output_threshold
         views = [self.views(t, stage) for t in texts]
         flagged: list[list[str]] = []
+        harms: list[float | None] = [None] * len(texts)
         for seen in views:
             found = next((f for f in (self.classifier.flag(v, threshold) for v in seen) if f), [])
             # Injection is about instructions aimed at the model: in input and in retrieved documents, not in the
@@ -79,7 +96,11 @@ class FastModerator:
                 found.append("prompt_injection")
             flagged.append(found)
         if thorough and self.embed is not None and self.embedding is not None:
-            todo = [i for i, f in enumerate(flagged) if not f]
+            # all-MiniLM-L6-v2 reads English: on other scripts its vectors say nothing (Persian sentences on
+            # passwords and sleep scored as violence and injection), so there the lexical checks judge alone.
+            todo = [i for i, f in enumerate(flagged) if not f and latin(texts[i])]
+            if stage == "output":
+                views = [[t[-OUTPUT_EMBED_CHARS:]] for t in texts]
             flat = [v for i in todo for v in views[i]]
             if flat:
                 vectors = self.embed(flat)
@@ -89,11 +110,19 @@ class FastModerator:
                     n = len(views[i])
                     harm, label = self.embedding.harm(vectors[at : at + n])
                     at += n
-                    if harm >= limit:
+                    harms[i] = harm
+                    if harm >= limit and not (label == "prompt_injection" and self._short(texts[i], harm)):
                         flagged[i] = [label]
         if stage == "output":
             flagged = [[c for c in f if c != "prompt_injection"] for f in flagged]
-        return flagged
+        return list(zip(flagged, harms, strict=True))
+
+    @staticmethod
+    def _short(text: str, harm: float) -> bool:
+        """A short message that the embeddings alone call an injection, without near certainty: questions about
+        the assistant itself ("Can the assistant answer from my documents?") sit next to jailbreak templates in
+        MiniLM's space. Short injections in so many words are the lexical checks' to catch."""
+        return len(text.split()) < SHORT_WORDS and harm < SHORT_INJECTION_HARM
 
     def embedding_threshold(self, stage: Stage) -> float:
         """The embedding classifier's operating point: chosen at training time for input; answers and passages
@@ -116,10 +145,15 @@ class FastModerator:
         return self.verdicts([text], stage, thorough)[0]
 
     def verdicts(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[Verdict]:
-        found = self.categories_of(texts, stage, thorough)
-        return [self._verdict(t, c, stage) for t, c in zip(texts, found, strict=True)]
+        judged = self.judge(texts, stage, thorough)
+        return [self._verdict(t, c, h) for t, (c, h) in zip(texts, judged, strict=True)]
 
-    def _verdict(self, text: str, categories: list[str], stage: Stage) -> Verdict:
+    def _verdict(self, text: str, categories: list[str], harm: float | None) -> Verdict:
+        verdict = self._policy(text, categories)
+        verdict.harm = harm
+        return verdict
+
+    def _policy(self, text: str, categories: list[str]) -> Verdict:
         policies = self.settings.policies
         blocking = [c for c in categories if policies.get(c, "block") == "block"]
         if blocking:
@@ -197,15 +231,18 @@ class GuardModelModerator:
 
 
 class CompositeModerator:
-    """The fast moderator first; the guard model only sees what the fast one let through, and only the
-    user's message: the streamed answer is re-checked after every few tokens and retrieved passages are
-    checked for injections, both of which a generation per check would make many times slower."""
+    """The fast moderator first; the guard model only sees what the fast one let through but was not sure of
+    (the embedding classifier's probability of harm at least `moderation.guard_min_harm`; every message where
+    there is no embedder), and only the user's message: the streamed answer is re-checked after every few tokens
+    and retrieved passages are checked for injections, both of which a generation per check would make many
+    times slower."""
 
     GUARDED = ("input",)
 
-    def __init__(self, fast: FastModerator, guard: GuardModelModerator) -> None:
+    def __init__(self, fast: FastModerator, guard: GuardModelModerator, min_harm: float = 0.0) -> None:
         self.fast = fast
         self.guard = guard
+        self.min_harm = min_harm
 
     async def check(self, text: str, stage: Stage, thorough: bool = True) -> Verdict:
         return (await self.check_many([text], stage, thorough))[0]
@@ -216,6 +253,7 @@ class CompositeModerator:
             return verdicts
         out = []
         for text, verdict in zip(texts, verdicts, strict=True):
-            second = await self.guard.check(text, stage) if verdict.action != "block" else verdict
+            sure = verdict.action == "block" or (verdict.harm is not None and verdict.harm < self.min_harm)
+            second = verdict if sure else await self.guard.check(text, stage)
             out.append(second if second.action == "block" else verdict)
         return out
