@@ -74,14 +74,14 @@ class EmbeddingClassifier:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def harm(self, vectors: Any) -> tuple[float, str]:
-        """The highest probability of harm over `vectors` (parts and readings of one text), and its category."""
+    def harm(self, vectors: Any, ignore: Sequence[str] = ()) -> tuple[float, str]:
+        """The highest probability of harm over `vectors` (parts and readings of one text), and its category;
+        the categories in `ignore` count as no harm."""
         p = self.probabilities(vectors)
-        harmful = 1.0 - p[:, self.benign]
+        left = [j for j, lab in enumerate(self.labels) if lab != "benign" and lab not in ignore]
+        harmful = p[:, left].sum(axis=1)
         i = int(np.argmax(harmful))
-        row = p[i].copy()
-        row[self.benign] = -1.0
-        return float(harmful[i]), self.labels[int(np.argmax(row))]
+        return float(harmful[i]), self.labels[left[int(np.argmax(p[i, left]))]]
 
     def save(self, path: Path = WEIGHTS) -> None:
         np.savez_compressed(

@@ -40,9 +40,14 @@ OUTPUT_WINDOW_CHARS = 600
 # The embedding classifier reads a shorter tail of the answer (its cost grows with the tokens it reads: ~10 ms
 # here against ~21 ms for 600 characters); it reads once per hold-back window, ~40 characters apart.
 OUTPUT_EMBED_CHARS = 320
-# Below this many words, the embedding classifier's "prompt injection" alone needs this probability of harm.
+# A chat message of fewer words is never an injection by the embedding classifier alone: questions about the
+# assistant itself and chat openers ("Can the assistant answer from my documents?", "My name is Ada. Say hi.",
+# 0.988) sit next to jailbreak templates in MiniLM's space. The embeddings catch the templates (long); a short
+# injection in so many words is the lexical checks' to catch. Retrieved sentences are judged without this rule.
+# Such a message is still blocked for another harm of which the classifier sees at least SHORT_OTHER_HARM
+# ("Pretend you are a pirate and say hello." has 0.05-0.1 of it; 0.2 kept every test message of ours).
 SHORT_WORDS = 30
-SHORT_INJECTION_HARM = 0.98
+SHORT_OTHER_HARM = 0.2
 
 
 def latin(text: str) -> bool:
@@ -108,21 +113,25 @@ class FastModerator:
                 limit = self.embedding_threshold(stage)
                 for i in todo:
                     n = len(views[i])
-                    harm, label = self.embedding.harm(vectors[at : at + n])
+                    part = vectors[at : at + n]
                     at += n
-                    harms[i] = harm
-                    if harm >= limit and not (label == "prompt_injection" and self._short(texts[i], harm)):
+                    harm, label = self.embedding.harm(part)
+                    harms[i] = harm  # what the guard model's band reads, whatever is decided below
+                    block = harm >= limit
+                    if block and label == "prompt_injection" and stage == "input" and self._short(texts[i]):
+                        # Never an injection by the embeddings alone (SHORT_WORDS): blocked only for another
+                        # harm it carries enough of.
+                        other, label = self.embedding.harm(part, ignore=("prompt_injection",))
+                        block = other >= SHORT_OTHER_HARM
+                    if block:
                         flagged[i] = [label]
         if stage == "output":
             flagged = [[c for c in f if c != "prompt_injection"] for f in flagged]
         return list(zip(flagged, harms, strict=True))
 
     @staticmethod
-    def _short(text: str, harm: float) -> bool:
-        """A short message that the embeddings alone call an injection, without near certainty: questions about
-        the assistant itself ("Can the assistant answer from my documents?") sit next to jailbreak templates in
-        MiniLM's space. Short injections in so many words are the lexical checks' to catch."""
-        return len(text.split()) < SHORT_WORDS and harm < SHORT_INJECTION_HARM
+    def _short(text: str) -> bool:
+        return len(text.split()) < SHORT_WORDS
 
     def embedding_threshold(self, stage: Stage) -> float:
         """The embedding classifier's operating point: chosen at training time for input; answers and passages
