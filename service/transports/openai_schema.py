@@ -100,13 +100,12 @@ class ToolChoice(_Strict):
     function: NamedFunction
 
 
-class CompletionRequest(_Strict):
+class _Sampled(_Strict):
+    """The fields both completion endpoints share: the model, streaming and how to sample."""
+
     model: str
-    messages: list[OAIMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
@@ -115,6 +114,41 @@ class CompletionRequest(_Strict):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[int, float] | None = None
     n: int = Field(1, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)  # Enclave's extra, as vLLM names it
+
+    @model_validator(mode="after")
+    def _bias_in_range(self) -> _Sampled:
+        for token, bias in (self.logit_bias or {}).items():
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias for token {token} is {bias}; it must be between -100 and 100")
+        return self
+
+    def adapter(self, base_model: str, adapters: list[str]) -> str | None:
+        """The adapter `model` names (None: the base model); NotFound for any other name."""
+        if self.model == base_model:
+            return None
+        if self.model not in adapters:
+            raise NotFound(f"the model '{self.model}' does not exist; see GET /v1/models")
+        return self.model
+
+    def sampling(self) -> dict[str, Any]:
+        """The ChatRequest fields these set."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+            "logit_bias": self.logit_bias,
+        }
+
+
+class CompletionRequest(_Sampled):
+    messages: list[OAIMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -125,13 +159,9 @@ class CompletionRequest(_Strict):
     conversation_id: str | None = None
     route: Literal["auto", "rag", "adapter", "base"] = "auto"
     collection: str | None = None
-    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
 
     @model_validator(mode="after")
     def _checks(self) -> CompletionRequest:
-        for token, bias in (self.logit_bias or {}).items():
-            if not -100 <= bias <= 100:
-                raise ValueError(f"logit_bias for token {token} is {bias}; it must be between -100 and 100")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         if self.tool_choice not in (None, "none") and not self.tools:
@@ -162,16 +192,11 @@ def to_chat_request(body: CompletionRequest, base_model: str, adapters: list[str
     msgs = body.messages
     if msgs[-1].role not in ("user", "tool"):
         raise InvalidRequest("the last message must have role 'user' (or 'tool', giving back a tool's result)")
-    adapter = None
-    if body.model != base_model:
-        if body.model not in adapters:
-            raise NotFound(f"the model '{body.model}' does not exist; see GET /v1/models")
-        adapter = body.model
+    adapter = body.adapter(base_model, adapters)
     system = "\n".join(m.text() for m in msgs[:-1] if m.role in ("system", "developer")) or None
     history = [t for t in (m.as_turn() for m in msgs[:-1]) if t is not None]
     last = msgs[-1].as_turn(last=True)
     assert last is not None
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
     return ChatRequest(
         message=last.content,
         conversation_id=body.conversation_id,
@@ -179,14 +204,7 @@ def to_chat_request(body: CompletionRequest, base_model: str, adapters: list[str
         adapter=adapter,
         collection=body.collection,
         max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=stop,
-        seed=body.seed,
-        repetition_penalty=body.repetition_penalty,
-        frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-        logit_bias=body.logit_bias,
+        **body.sampling(),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         history=history,
         system=system,
@@ -194,31 +212,16 @@ def to_chat_request(body: CompletionRequest, base_model: str, adapters: list[str
     )
 
 
-class TextCompletionRequest(_Strict):
+class TextCompletionRequest(_Sampled):
     """The legacy /v1/completions request: a plain prompt, no chat template."""
 
-    model: str
     prompt: str | list[str]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for this endpoint
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[int, float] | None = None
-    n: int = Field(1, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)  # Enclave's extra, as vLLM names it
 
     @model_validator(mode="after")
     def _checks(self) -> TextCompletionRequest:
-        for token, bias in (self.logit_bias or {}).items():
-            if not -100 <= bias <= 100:
-                raise ValueError(f"logit_bias for token {token} is {bias}; it must be between -100 and 100")
         if self.echo and self.logprobs is not None:
             raise ValueError("echo with logprobs would need the prompt's log-probabilities, which are not computed")
         return self
@@ -232,26 +235,14 @@ class TextCompletionRequest(_Strict):
 
 def to_completion_requests(body: TextCompletionRequest, base_model: str, adapters: list[str]) -> list[ChatRequest]:
     """One pipeline request per prompt: raw text for the model (or adapter) `model` names."""
-    adapter = None
-    if body.model != base_model:
-        if body.model not in adapters:
-            raise NotFound(f"the model '{body.model}' does not exist; see GET /v1/models")
-        adapter = body.model
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    adapter = body.adapter(base_model, adapters)
     return [
         ChatRequest(
             message=prompt,
             route="adapter" if adapter else "base",
             adapter=adapter,
             max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=stop,
-            seed=body.seed,
-            repetition_penalty=body.repetition_penalty,
-            frequency_penalty=body.frequency_penalty,
-            presence_penalty=body.presence_penalty,
-            logit_bias=body.logit_bias,
+            **body.sampling(),
             logprobs=body.logprobs,
             history=[],
             raw=True,
