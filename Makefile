@@ -74,7 +74,7 @@ pydocs:
 # Benchmarks: each prints a table and writes JSON to bench/results/. Retrieval runs twice: fp32, then the
 # default (int8) compared with it question by question.
 bench: setup pydocs
-	$(BIN)/python -m bench.moderation
+	$(BIN)/python -m bench.moderation --guard qwen2.5-coder-0.5b-instruct
 	$(BIN)/python -m bench.embedding
 	$(BIN)/python -m bench.retrieval --backend onnx --data .cache/bench-retrieval-onnx --out bench/results/retrieval_onnx.json
 	$(BIN)/python -m bench.retrieval --against bench/results/retrieval_onnx.json

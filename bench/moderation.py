@@ -20,6 +20,7 @@ Prints tables and writes `bench/results/moderation.json`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import random
@@ -108,9 +109,21 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def main() -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Moderation quality and speed (see the module's docstring).")
+    ap.add_argument(
+        "--guard",
+        metavar="MODEL",
+        help="also run the public set through CompositeModerator with this catalogue model as the guard, "
+        "in process (what moderation.guard_model serves): its added recall, false positives and latency",
+    )
+    args = ap.parse_args(argv)
     result = shipped_set()
     result["public"] = public_set()
+    if args.guard:
+        result["public"]["guard"] = asyncio.run(guard_set(args.guard))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     Console().print(f"wrote {OUT.relative_to(ROOT)}")
@@ -364,6 +377,62 @@ def public_set() -> dict[str, Any]:
     for stage, ms in latency.items():
         lt.add_row(stage, str(ms["n"]), f"{ms['p50_ms']:.2f}", f"{ms['p95_ms']:.2f}")
     console.print(lt)
+    return out
+
+
+async def guard_set(model: str) -> dict[str, Any]:
+    """The public set through the fast classifiers and then the guard model, as served with a guard model set."""
+    from bench.moderation_train import embedder, public_rows
+    from service.backends import build_backend
+    from service.moderation import CompositeModerator, GuardModelModerator
+    from service.settings import Settings
+
+    console = Console()
+    settings = Settings(models={"base": model})
+    backend = build_backend(settings)
+    await backend.aload()  # type: ignore[attr-defined]
+    fast = FastModerator(settings.moderation, embed=embedder().embed)
+    both = CompositeModerator(
+        fast, GuardModelModerator(backend, settings.models.name), settings.moderation.guard_min_harm
+    )
+    rows = public_rows("eval")
+    # label, blocked by the fast classifiers, blocked in all, whether the guard read it, ms of the whole check
+    outcome: list[tuple[str, bool, bool, bool, float]] = []
+    try:
+        for r in rows:
+            first = fast.verdict(r["text"], "input")
+            asked = first.action != "block" and (first.harm is None or first.harm >= both.min_harm)
+            t = time.perf_counter()
+            final = await both.check(r["text"], "input")
+            ms = (time.perf_counter() - t) * 1000
+            outcome.append((r["label"], first.action == "block", final.action == "block", asked, ms))
+    finally:
+        backend.close()  # type: ignore[attr-defined]
+    attacks = [o for o in outcome if o[0] != "benign"]
+    benign = [o for o in outcome if o[0] == "benign"]
+    guarded = [o[4] for o in outcome if o[3]]  # checks in which the guard model was consulted
+    out: dict[str, Any] = {
+        "model": model,
+        "attacks_blocked": {
+            "fast": sum(o[1] for o in attacks),
+            "with_guard": sum(o[2] for o in attacks),
+            "n": len(attacks),
+        },
+        "benign_blocked": {
+            "fast": sum(o[1] for o in benign),
+            "with_guard": sum(o[2] for o in benign),
+            "n": len(benign),
+        },
+        "guard_calls": len(guarded),
+        "guard_ms": {"p50": _pct(guarded, 0.5), "p95": _pct(guarded, 0.95)} if guarded else {},
+    }
+    a, b = out["attacks_blocked"], out["benign_blocked"]
+    console.print(
+        f"with {model} as guard: attacks blocked {a['fast']}/{a['n']} → {a['with_guard']}/{a['n']} "
+        f"{wilson(a['with_guard'], a['n'])}; benign blocked {b['fast']}/{b['n']} → {b['with_guard']}/{b['n']} "
+        f"{wilson(b['with_guard'], b['n'])}; guard consulted {len(guarded)} times, "
+        f"p50 {out['guard_ms'].get('p50', 0):.0f} ms, p95 {out['guard_ms'].get('p95', 0):.0f} ms"
+    )
     return out
 
 

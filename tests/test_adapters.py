@@ -382,7 +382,8 @@ def test_eval_scores_right_answers_for_base_adapter_and_rag(trained: Path, tmp_p
     assert set(report["backends"]) == {"base", "adapter", "rag", "rag+adapter"}
     assert report["rights"]["adapter"] == [True] and report["rights"]["base"] == [False], report
     assert report["adapter_minus_base_right"]["difference"] == 1.0
-    assert 0.0 <= report["backends"]["rag"]["mean"] <= 1.0 and report["backends"]["adapter"]["right"] == 1.0
+    # The mean is seed 003's cosine: -1 to 1 (a RAG answer from an unrelated document may point away, -0.02 seen).
+    assert -1.0 <= report["backends"]["rag"]["mean"] <= 1.0 and report["backends"]["adapter"]["right"] == 1.0
     text = (tmp_path / "adapters" / "pineapple" / "eval_report.md").read_text()
     assert "right [95% CI]" in text and "Adapter minus base model" in text
     assert (tmp_path / "adapters" / "pineapple" / "eval_hist.png").stat().st_size > 1000
