@@ -103,7 +103,7 @@ def evaluate(
     max_tokens: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    from service.backends.local import build_local_backend
+    from service.backends import build_local_backend
 
     backend = build_local_backend(settings)
     backend.load()

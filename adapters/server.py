@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from adapters.registry import AdapterRegistry
 from service.auth import Authenticator
-from service.backends.local import build_local_backend
+from service.backends import build_local_backend
 from service.errors import EnclaveError
 from service.protocols import Generation, GenerationParams
 from service.settings import Settings, offline_environment

@@ -212,7 +212,7 @@ class Runner:
     """The pipeline in this process, with the knowledge base the corpora were ingested into."""
 
     def __init__(self, settings: Settings) -> None:
-        from service.app import State
+        from service.state import State
 
         self.state = State(settings)
 

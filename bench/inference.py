@@ -502,7 +502,7 @@ def _settings(args: argparse.Namespace, parallel: int) -> Settings:
 
 
 def _load_backend(settings: Settings) -> Any:
-    from service.backends.local import build_local_backend
+    from service.backends import build_local_backend
 
     backend = build_local_backend(settings)
     backend.load()

@@ -123,7 +123,7 @@ class _Local:
     """The pipeline in this process, for `ask` and `chat` without a server."""
 
     def __init__(self) -> None:
-        from service.app import State
+        from service.state import State
 
         self.state = State(_settings())
 

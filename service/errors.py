@@ -64,6 +64,12 @@ class InternalError(EnclaveError):
 WS_CLOSE_CODES = {"overloaded": 1013, "unauthorized": 1008, "forbidden": 1008, "internal": 1011}
 
 
+def from_code(code: str, message: str) -> EnclaveError:
+    """The error an `error` event with this code stands for (a non-streamed response raises it again)."""
+    kinds: dict[str, type[EnclaveError]] = {k.code: k for k in EnclaveError.__subclasses__()}
+    return kinds.get(code, InternalError)(message)
+
+
 def as_enclave_error(exc: BaseException) -> EnclaveError:
     """Any exception as an EnclaveError; unknown ones never expose their text to a client."""
     if isinstance(exc, EnclaveError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -117,13 +117,3 @@ class ErrorEvent(BaseModel):
     message: str
     conversation_id: str | None = None
     message_id: str | None = None
-
-
-ChatEvent = Annotated[
-    RouteEvent | SourcesEvent | TokenEvent | CitationsEvent | ModerationEvent | DoneEvent | ErrorEvent,
-    Field(discriminator="type"),
-]
-
-
-def event_dict(event: BaseModel) -> dict[str, Any]:
-    return event.model_dump(mode="json", exclude_none=False)

@@ -42,9 +42,9 @@ FLOORS = {"smollm2-135m-instruct": (3, 2), "qwen2.5-coder-0.5b-instruct": (4, 4)
 
 @pytest.fixture(scope="module", params=list(FLOORS))
 def answers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
-    from service.app import State
     from service.auth import ANONYMOUS
     from service.chat.schema import ChatRequest
+    from service.state import State
 
     data = tmp_path_factory.mktemp("quality")
     models = {"cache_dir": str(MODEL_CACHE), "temperature": 0.0, "base": request.param}

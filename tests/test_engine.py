@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from service.backends import build_local_backend
 from service.backends.decoding import find_loop
-from service.backends.local import build_local_backend
 from service.errors import InvalidRequest, NotFound
 from service.protocols import Generation, GenerationParams, Message
 from service.settings import DEFAULT_REPETITION_PENALTY, Settings

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from typing import Any
+
+from service.errors import BackendUnavailable
 from service.protocols import GenerationBackend
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def build_backend(settings: Settings) -> GenerationBackend:
     kind = settings.models.backend
     if kind == "local":
-        from service.backends.local import build_local_backend
-
         return build_local_backend(settings)  # type: ignore[no-any-return]
     if kind == "echo":
         from service.backends.echo import EchoBackend
@@ -29,3 +34,24 @@ def build_backend(settings: Settings) -> GenerationBackend:
             raise RuntimeError("the openai backend needs: pip install 'enclave[openai]'") from exc
         return OpenAIBackend(settings)
     raise ValueError(f"unknown models.backend {kind!r}")
+
+
+def build_local_backend(settings: Settings) -> Any:
+    """The in-process backend: llama.cpp when installed (or asked for), transformers otherwise."""
+    engine = settings.models.engine
+    if engine == "auto":
+        engine = "llama_cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
+        if engine == "transformers":
+            log.warning(
+                "llama-cpp-python is not installed: generating with transformers, one request at a time "
+                "(pip install 'enclave[fast]' for continuous batching)"
+            )
+    if engine == "llama_cpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BackendUnavailable("models.engine=llama_cpp needs llama-cpp-python: pip install 'enclave[fast]'")
+        from service.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(settings)
+    from service.backends.local import TransformersBackend
+
+    return TransformersBackend(settings)

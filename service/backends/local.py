@@ -1,7 +1,7 @@
 """In-process generation with the small GGUF model: the shared prompt tools and the transformers engine.
 
-`build_local_backend` picks the engine: llama.cpp with continuous batching (`llamacpp.py`) when
-llama-cpp-python is installed, else transformers, where one worker thread owns the model, so
+`build_local_backend` (in `service/backends/__init__.py`) picks the engine: llama.cpp with continuous batching
+(`llamacpp.py`) when llama-cpp-python is installed, else transformers, where one worker thread owns the model, so
 generations run one at a time and never block the event loop; tokens cross into asyncio through
 a queue, and a closed stream stops its generation within one decode step.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -139,25 +138,6 @@ class StopMatcher:
 
 def penalties_of(params: GenerationParams) -> Penalties:
     return Penalties(params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
-
-
-def build_local_backend(settings: Settings) -> TransformersBackend | Any:
-    """The in-process backend: llama.cpp when installed (or asked for), transformers otherwise."""
-    engine = settings.models.engine
-    if engine == "auto":
-        engine = "llama_cpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
-        if engine == "transformers":
-            log.warning(
-                "llama-cpp-python is not installed: generating with transformers, one request at a time "
-                "(pip install 'enclave[fast]' for continuous batching)"
-            )
-    if engine == "llama_cpp":
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise BackendUnavailable("models.engine=llama_cpp needs llama-cpp-python: pip install 'enclave[fast]'")
-        from service.backends.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend(settings)
-    return TransformersBackend(settings)
 
 
 class PromptTools:

@@ -523,6 +523,3 @@ class _Turn:
         self.moderation: dict[str, Any] | None = None
         self.saved = False
 
-
-async def collect(events: AsyncIterator[Event]) -> list[Event]:
-    return [e async for e in events]

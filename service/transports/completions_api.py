@@ -16,10 +16,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from service.errors import from_code
 from service.events import DoneEvent, ErrorEvent, TokenEvent
 from service.protocols import Principal
 from service.transports.deps import event_json, get_state, principal, require_ready
-from service.transports.openai_api import as_error, started_choices, usage_of
+from service.transports.openai_api import started_choices, usage_of
 from service.transports.openai_schema import TextCompletionRequest, to_completion_requests
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -49,7 +50,7 @@ async def completions(
                 if isinstance(event, TokenEvent):
                     texts[i] += event.text
                 elif isinstance(event, ErrorEvent):
-                    raise as_error(event)
+                    raise from_code(event.code, event.message)
                 elif isinstance(event, DoneEvent):
                     dones[i] = event
         choices = [

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import Request
 
-from service.app import State
 from service.errors import BackendUnavailable
 from service.protocols import Principal
+from service.state import State
 
 
 def get_state(request: Request) -> State:

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.chat import structured
 from service.chat.schema import ChatRequest
-from service.errors import EnclaveError, InvalidRequest
+from service.errors import EnclaveError, InvalidRequest, from_code
 from service.events import DoneEvent, ErrorEvent, SourcesEvent, TokenEvent
 from service.protocols import TOOL_OPEN, OutputSpec, Principal
 from service.transports.deps import event_json, get_state, principal, require_ready
@@ -81,7 +81,7 @@ async def chat_completions(
                 if isinstance(event, TokenEvent):
                     texts[i] += event.text
                 elif isinstance(event, ErrorEvent):
-                    raise as_error(event)
+                    raise from_code(event.code, event.message)
                 elif isinstance(event, DoneEvent):
                     dones[i] = event
                 else:
@@ -287,10 +287,3 @@ async def merged(runs: list[AsyncIterator[Any]]) -> AsyncGenerator[tuple[int, An
 def _finish(reason: str) -> str:
     """OpenAI's finish_reason: clients know only its values, so the loop guard's "repetition" is a "stop"."""
     return "length" if reason == "length" else "stop"
-
-
-def as_error(event: ErrorEvent) -> EnclaveError:
-    from service import errors
-
-    by_code = {cls.code: cls for cls in errors.EnclaveError.__subclasses__()}
-    return by_code.get(event.code, errors.InternalError)(event.message)
