@@ -313,6 +313,8 @@ def public_set() -> dict[str, Any]:
     curve = []
     for t in np.unique(np.round(score, 3)):
         pred = score >= t
+        if not pred.any():  # a score rounded up past every score: no prediction, no point
+            continue
         tp = int((pred & truth).sum())
         curve.append(
             {"threshold": float(t), "precision": tp / max(int(pred.sum()), 1), "recall": tp / max(int(truth.sum()), 1)}
