@@ -122,18 +122,12 @@ def embed_parts(texts: list[str], embed: Any, most: int, label: str, split: Any 
 
 
 def per_text_harm(clf: EmbeddingClassifier, vectors: Any, owner: list[int], n: int) -> tuple[Any, list[str]]:
-    """Each text's highest probability of harm over its parts, and the category of that part."""
-    p = clf.probabilities(vectors)
-    harm = 1.0 - p[:, clf.benign]
-    p[:, clf.benign] = -1.0
-    best = p.argmax(axis=1)
-    score = np.zeros(n)
-    label = ["benign"] * n
-    for row, (h, b) in enumerate(zip(harm, best, strict=True)):
-        i = owner[row]
-        if h > score[i]:
-            score[i], label[i] = h, clf.labels[int(b)]
-    return score, label
+    """Each text's probability of harm and its category, as the moderator reads them (the harm of its parts)."""
+    rows: list[list[int]] = [[] for _ in range(n)]
+    for row, i in enumerate(owner):
+        rows[i].append(row)
+    judged = [clf.harm(vectors[r]) for r in rows]
+    return np.asarray([h for h, _ in judged]), [label for _, label in judged]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import EnclaveError
+from service.errors import EnclaveError, validation_message
 from service.settings import Settings, offline_environment
 from service.state import State
 
@@ -86,15 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            if err.get("type") == "extra_forbidden":  # a field Enclave would otherwise have to ignore
-                parts.append(f"the field '{where}' is not supported")
-            else:
-                parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return JSONResponse(
-            {"error": {"code": "invalid_request", "type": "invalid_request", "message": "; ".join(parts)}},
+            {
+                "error": {
+                    "code": "invalid_request",
+                    "type": "invalid_request",
+                    "message": validation_message(exc.errors()),
+                }
+            },
             status_code=400,
         )
 

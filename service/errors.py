@@ -14,6 +14,9 @@ EnclaveError
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class EnclaveError(Exception):
     code = "internal"
@@ -62,6 +65,19 @@ class InternalError(EnclaveError):
 
 
 WS_CLOSE_CODES = {"overloaded": 1013, "unauthorized": 1008, "forbidden": 1008, "internal": 1011}
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """A request's validation errors (pydantic's) in one line, the same on every transport: a field the request
+    model does not declare is named as not supported (Enclave would otherwise have to ignore it)."""
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")  # FastAPI's prefix for the JSON body
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"the field '{where}' is not supported")
+        else:
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts)
 
 
 def from_code(code: str, message: str) -> EnclaveError:

@@ -161,7 +161,7 @@ def choose_weights(settings: Settings, checks: SmokeChecks | None = None) -> tup
 
 class LlamaCppBackend(PromptTools):
     name = "local"
-    constrained = True  # grammar-constrained sampling and logit_bias in the engine
+    constrained = True  # the engine's own sampler: output grammars, logit_bias and logprobs
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

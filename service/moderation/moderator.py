@@ -104,15 +104,14 @@ class FastModerator:
             # all-MiniLM-L6-v2 reads English: on other scripts its vectors say nothing (Persian sentences on
             # passwords and sleep scored as violence and injection), so there the lexical checks judge alone.
             todo = [i for i, f in enumerate(flagged) if not f and latin(texts[i])]
-            if stage == "output":
-                views = [[t[-OUTPUT_EMBED_CHARS:]] for t in texts]
-            flat = [v for i in todo for v in views[i]]
+            embedded = [[t[-OUTPUT_EMBED_CHARS:]] for t in texts] if stage == "output" else views
+            flat = [v for i in todo for v in embedded[i]]
             if flat:
                 vectors = self.embed(flat)
                 at = 0
                 limit = self.embedding_threshold(stage)
                 for i in todo:
-                    n = len(views[i])
+                    n = len(embedded[i])
                     part = vectors[at : at + n]
                     at += n
                     harm, label = self.embedding.harm(part)
@@ -137,7 +136,8 @@ class FastModerator:
         """The embedding classifier's operating point: chosen at training time for input; answers and passages
         are longer and about anything, so they need more certainty (settings may override both)."""
         assert self.embedding is not None
-        base = self.settings.embedding_threshold or self.embedding.threshold
+        base = self.settings.embedding_threshold
+        base = self.embedding.threshold if base is None else base
         return base if stage == "input" else max(base, self.settings.embedding_output_threshold)
 
     async def check(self, text: str, stage: Stage, thorough: bool = True) -> Verdict:
@@ -154,13 +154,12 @@ class FastModerator:
         return self.verdicts([text], stage, thorough)[0]
 
     def verdicts(self, texts: Sequence[str], stage: Stage, thorough: bool = True) -> list[Verdict]:
-        judged = self.judge(texts, stage, thorough)
-        return [self._verdict(t, c, h) for t, (c, h) in zip(texts, judged, strict=True)]
-
-    def _verdict(self, text: str, categories: list[str], harm: float | None) -> Verdict:
-        verdict = self._policy(text, categories)
-        verdict.harm = harm
-        return verdict
+        out = []
+        for text, (categories, harm) in zip(texts, self.judge(texts, stage, thorough), strict=True):
+            verdict = self._policy(text, categories)
+            verdict.harm = harm
+            out.append(verdict)
+        return out
 
     def _policy(self, text: str, categories: list[str]) -> Verdict:
         policies = self.settings.policies

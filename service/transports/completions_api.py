@@ -20,7 +20,7 @@ from service.errors import from_code
 from service.events import DoneEvent, ErrorEvent, TokenEvent
 from service.protocols import Principal
 from service.transports.deps import event_json, get_state, principal, require_ready
-from service.transports.openai_api import started_choices, usage_of
+from service.transports.openai_api import Reply, started_choices, usage_of
 from service.transports.openai_schema import TextCompletionRequest, to_completion_requests
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,8 +35,7 @@ async def completions(
     state.metrics.requests.labels("openai").inc()
     reqs = to_completion_requests(body, state.settings.models.name, state.backend.list_adapters())
     events = await started_choices(state, reqs, body.n, who)
-    head = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": int(time.time())}
-    head["model"] = body.model
+    head = Reply("cmpl-" + uuid.uuid4().hex[:24], int(time.time()), body.model).head("text_completion")
     prompts = [r.message for r in reqs]
 
     def echoed(i: int) -> str:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from service.chat.schema import ChatRequest
-from service.errors import WS_CLOSE_CODES, EnclaveError, Unauthorized
+from service.errors import WS_CLOSE_CODES, EnclaveError, Unauthorized, validation_message
 from service.events import ErrorEvent
 from service.protocols import Principal
 from service.transports.deps import event_json, require_ready
@@ -25,14 +25,6 @@ router = APIRouter()
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return ErrorEvent(code=code, message=message).model_dump(mode="json", exclude_none=True)  # type: ignore[arg-type]
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    return "; ".join(parts)
 
 
 class Session:
@@ -152,7 +144,7 @@ class Session:
             self.state.pipeline.validate(req)
             ticket = await self.state.pipeline.admit(self.principal)
         except ValidationError as exc:
-            await self.send(_error("invalid_request", _validation_message(exc)))
+            await self.send(_error("invalid_request", validation_message(exc.errors())))
             return True
         except EnclaveError as exc:
             await self.send(_error(exc.code, exc.message))
