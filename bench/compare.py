@@ -165,7 +165,7 @@ def rescore(out: Path, png: Path, console: Console) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from service.backends.catalog import CATALOG
+    from enclave.engine.catalog import CATALOG
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(CATALOG), help="comma-separated catalogue names")

@@ -24,19 +24,19 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.settings import Settings, offline_environment
+from enclave.core.settings import Settings, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "embedding.json"
-SOURCES = [ROOT / "service" / "sample_docs", Path("/usr/share/doc/python3.11/html/library")]
+SOURCES = [ROOT / "enclave" / "knowledge" / "sample_docs", Path("/usr/share/doc/python3.11/html/library")]
 BACKENDS = ("torch", "onnx", "onnx-int8")
 TARGET_CHUNKS_PER_S = 100
 
 
 def chunks(n: int, chunk_size: int) -> list[str]:
     """The first `n` chunks Enclave's chunker makes of the sources (sorted files, so every run is the same)."""
-    from ingest.kb import KnowledgeBase
-    from ingest.loaders import LoadError, kind_of, load
+    from enclave.knowledge.loaders import LoadError, kind_of, load
+    from enclave.knowledge.store import KnowledgeBase
 
     splitter = KnowledgeBase.__new__(KnowledgeBase)  # only its chunker: no store, no embedder
     splitter.chunk_size, splitter.chunk_overlap = chunk_size, chunk_size // 10
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import numpy as np
 
-    from ingest.embedder import Embedder, load_tokenizer
+    from enclave.knowledge.embedder import Embedder, load_tokenizer
 
     settings = Settings()
     emb = settings.rag.embedding

@@ -37,12 +37,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.protocols import Chunk, Generation, GenerationParams, Message
-from service.settings import Settings, offline_environment
+from enclave.core.protocols import Chunk, Generation, GenerationParams, Message
+from enclave.core.settings import Settings, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "inference.json"
-DOCS = ROOT / "service" / "sample_docs"
+DOCS = ROOT / "enclave" / "knowledge" / "sample_docs"
 
 TOPICS = [
     "a lighthouse keeper who finds a message in a bottle",
@@ -280,7 +280,7 @@ class RawBatched:
         flash_attention: bool,
         unified_kv: bool,
     ) -> None:
-        from service.backends.llama_engine import open_context
+        from enclave.engine.llama_engine import open_context
 
         self.lib, self.model, self.ctx = open_context(
             path,
@@ -379,7 +379,7 @@ def sample_chunks(settings: Settings) -> list[Chunk]:
     """The sample documents chunked as ingestion chunks them (by section, then by size), without Chroma."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    from ingest.loaders import load
+    from enclave.knowledge.loaders import load
 
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=settings.rag.chunk_size,
@@ -411,7 +411,7 @@ def rag_prompt(
     """The best-matching chunks (word overlap, idf-weighted) added until the prompt reaches target_tokens."""
     import math
 
-    from service.chat.rag import rag_messages
+    from enclave.chat.rag import rag_messages
 
     docs = [set(_words(c.text)) for c in chunks]
     idf = {w: math.log(len(docs) / sum(w in d for d in docs)) + 1 for d in docs for w in d}
@@ -502,7 +502,7 @@ def _settings(args: argparse.Namespace, parallel: int) -> Settings:
 
 
 def _load_backend(settings: Settings) -> Any:
-    from service.backends import build_local_backend
+    from enclave.engine.build import build_local_backend
 
     backend = build_local_backend(settings)
     backend.load()
@@ -520,7 +520,7 @@ def _llama(path: Path, threads: int) -> Any:
 async def single_section(
     args: argparse.Namespace, settings: Settings, files: dict[str, Path], prompts: Any, console: Console
 ) -> dict[str, Any]:
-    from service.backends.llamacpp import engine_format
+    from enclave.engine.llamacpp import engine_format
 
     backend = _load_backend(settings)
     # The engine on the shipped file too: the same GGUF as "Llama Q4_1", so that ratio is the engine's alone.
@@ -962,7 +962,7 @@ def bandwidth_section(
 
 
 async def _bench(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from service.backends.llamacpp import engine_format, engine_weights
+    from enclave.engine.llamacpp import engine_format, engine_weights
 
     parallel = max(Settings().models.parallel, max(args.stream_levels))
     settings = _settings(args, parallel)

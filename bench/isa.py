@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.cpu import variant_args
+from enclave.core.cpu import variant_args
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "isa.json"
@@ -46,8 +46,8 @@ print(json.dumps({"text": out["choices"][0]["text"], "info": llama_cpp.llama_pri
 
 def weight_files(cache: Path) -> dict[str, Path]:
     """The shipped Q4_1 file and the engine's re-encodings of it (made by `make setup`'s engine check)."""
-    from service.backends.local import base_gguf
-    from service.settings import Settings
+    from enclave.core.settings import Settings
+    from enclave.engine.transformers_engine import base_gguf
 
     shipped = base_gguf(Settings())  # the default catalogue model as shipped (SmolLM2's Q4_1)
     files = {"original": shipped}
@@ -115,7 +115,7 @@ def decode(cpu: str, path: Path, lib: Path | None, timeout: float) -> dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", default="x86-64-v3", help="a build variant of service/cpu.py")
+    ap.add_argument("--variant", default="x86-64-v3", help="a build variant of enclave/core/cpu.py")
     ap.add_argument("--cpu", default="Haswell", help="QEMU CPU model to emulate (qemu-x86_64 -cpu help)")
     ap.add_argument("--wheel-dir", type=Path, help="where the variant's wheel is (or is built)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "models", help="the engine's model cache")

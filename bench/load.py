@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.client import connect
 
-from service.settings import Settings
+from enclave.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "load.json"
@@ -62,7 +62,7 @@ def start_serve(
     port = _free_port()
     log = (data / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args],
+        [sys.executable, "-m", "enclave.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from service.cpu import cpu_flags
+from enclave.core.cpu import cpu_flags
 
 # The instruction sets that change what the engine and the embedder can do, as cpuinfo spells them.
 _ISA = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "VNNI", "avx512_bf16": "BF16", "amx_int8": "AMX"}

@@ -83,7 +83,7 @@ def measure(model: str, streams: int, max_tokens: int, console: Console) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from service.backends.catalog import CATALOG, installed
+    from enclave.engine.catalog import CATALOG, installed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(m.name for m in CATALOG.values() if installed(m)))

@@ -1,14 +1,14 @@
 """Moderation quality and speed: `python -m bench.moderation`.
 
 - Topical categories: precision and recall per category on the held-out split that ships with the
-  classifier (`service/moderation/data/test.jsonl`; the classifier trains on `train.jsonl` only).
+  classifier (`enclave/moderation/data/test.jsonl`; the classifier trains on `train.jsonl` only).
 - Benign false-positive rate: benign prompts of that split, plus every paragraph of the sample documents
   checked as retrieved context (real text an over-eager filter would block).
 - Personal data: generated sentences holding each kind of PII or secret (valid Luhn cards and mod-97
   IBANs), and look-alikes that must not be redacted (order numbers, invalid cards, dates, versions).
 - Latency per check (input, context, and output on a growing streamed answer), p50/p95/p99.
 
-- Public attacks and benign prompts no one here wrote (`service/moderation/data/public/eval.jsonl`: HarmBench,
+- Public attacks and benign prompts no one here wrote (`enclave/moderation/data/public/eval.jsonl`: HarmBench,
   walledeval and giskard jailbreaks and injections, guardmeter, redharness, FreshQA; sources disjoint from the
   training split): share of attacks blocked and of benign prompts blocked, per category, with Wilson intervals,
   for the lexical classifier alone and with the embedding classifier; a precision-recall curve of the embedding
@@ -33,10 +33,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.moderation import FastModerator
-from service.moderation.classifier import CATEGORIES, load_rows
-from service.settings import ModerationSettings
-from service.stats import wilson
+from enclave.core.settings import ModerationSettings
+from enclave.core.stats import wilson
+from enclave.moderation import FastModerator
+from enclave.moderation.classifier import CATEGORIES, load_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "moderation.json"
@@ -99,7 +99,7 @@ def pii_cases(n: int = 40, seed: int = 7) -> list[tuple[str, str | None]]:
 
 def _benign_paragraphs() -> list[str]:
     paras = []
-    for f in sorted((ROOT / "service" / "sample_docs").glob("*.md")):
+    for f in sorted((ROOT / "enclave" / "knowledge" / "sample_docs").glob("*.md")):
         paras += [p.strip() for p in f.read_text().split("\n\n") if len(p.strip()) > 40]
     return paras
 
@@ -263,7 +263,7 @@ def shipped_set() -> dict[str, Any]:
 def public_set() -> dict[str, Any]:
     """Attacks and benign prompts from public data no one here wrote, read as the server reads them."""
     from bench.moderation_train import embed_parts, embedder, per_text_harm, public_rows
-    from service.moderation.embedding import EmbeddingClassifier
+    from enclave.moderation.embedding import EmbeddingClassifier
 
     console = Console()
     rows = public_rows("eval")
@@ -324,7 +324,7 @@ def public_set() -> dict[str, Any]:
     planted = _planted_passages()
     cut_right = cut_wrong = total_plants = total_clean = 0
     for passage, plants in planted:
-        from service.moderation import sentences as injection
+        from enclave.moderation import sentences as injection
 
         spans = injection.sentences(passage)
         texts = [passage[a:b] for a, b in spans]
@@ -385,9 +385,9 @@ def public_set() -> dict[str, Any]:
 async def guard_set(model: str) -> dict[str, Any]:
     """The public set through the fast classifiers and then the guard model, as served with a guard model set."""
     from bench.moderation_train import embedder, public_rows
-    from service.backends import build_backend
-    from service.moderation import CompositeModerator, GuardModelModerator
-    from service.settings import Settings
+    from enclave.core.settings import Settings
+    from enclave.engine.build import build_backend
+    from enclave.moderation import CompositeModerator, GuardModelModerator
 
     console = Console()
     settings = Settings(models={"base": model})

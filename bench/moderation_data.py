@@ -33,7 +33,7 @@ CATEGORIES = (
     "prompt_injection",  # prompt injection, jailbreaks and system-prompt extraction
 )
 HARMFUL = CATEGORIES[1:6]  # the topical harms: what a jailbreak template is filled with
-OUT = Path(__file__).resolve().parents[1] / "service" / "moderation" / "data" / "public"
+OUT = Path(__file__).resolve().parents[1] / "enclave" / "moderation" / "data" / "public"
 DEFAULT_CACHE = Path.home() / ".cache" / "enclave" / "moderation-data"
 MAX_CHARS = 8000  # cap on one jailbreak text
 SEED = 1729  # fills the jailbreak templates; fixed so a rebuild writes the same files

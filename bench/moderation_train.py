@@ -1,10 +1,10 @@
 """Trains the embedding moderation classifier: `python -m bench.moderation_train`.
 
-Reads the shipped labelled set (`service/moderation/data/train.jsonl`) and the public training split
-(`service/moderation/data/public/train.jsonl`, built by `python -m bench.moderation_data`), embeds every
+Reads the shipped labelled set (`enclave/moderation/data/train.jsonl`) and the public training split
+(`enclave/moderation/data/public/train.jsonl`, built by `python -m bench.moderation_data`), embeds every
 part of every text with the service's own embedder, chooses the operating point by 5-fold cross-validation on the
 training data only (the public evaluation split is never seen), and writes the weights the moderator ships with
-(`service/moderation/data/embedding_classifier.npz`). The operating point: the lowest probability of harm that
+(`enclave/moderation/data/embedding_classifier.npz`). The operating point: the lowest probability of harm that
 flags at most 2% of the benign training texts held out in cross-validation. Benign texts include the questions
 Enclave's own answer benchmark asked of the Python reference and the man pages (`bench/results/answers*.json`):
 what its users ask is technical, and "kill a process" must stay an ordinary question.
@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from service.moderation.classifier import load_rows
-from service.moderation.embedding import WEIGHTS, EmbeddingClassifier, fit, parts
-from service.settings import Settings
+from enclave.core.settings import Settings
+from enclave.moderation.classifier import load_rows
+from enclave.moderation.embedding import WEIGHTS, EmbeddingClassifier, fit, parts
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = ROOT / "service" / "moderation" / "data" / "public"
+PUBLIC = ROOT / "enclave" / "moderation" / "data" / "public"
 # Parts of one training text at most: a long jailbreak template would otherwise outweigh many short requests.
 TRAIN_PARTS = 4
 # The benign share the operating point may flag in cross-validation: the target on ordinary prompts is 2%.
@@ -62,7 +62,7 @@ def doc_sentences(n: int = DOC_SENTENCES) -> list[str]:
 
     from lxml import html
 
-    from service.moderation.sentences import sentences
+    from enclave.moderation.sentences import sentences
 
     if not PYDOCS.is_dir():
         raise SystemExit(f"{PYDOCS} is missing: `make pydocs` installs the Python documentation")
@@ -77,7 +77,7 @@ def doc_sentences(n: int = DOC_SENTENCES) -> list[str]:
 
 def router_queries() -> list[str]:
     """The router's labelled queries (questions about the documents, an adapter's domain, small talk): all benign."""
-    path = ROOT / "service" / "chat" / "router_data" / "labels.jsonl"
+    path = ROOT / "enclave" / "chat" / "router_data" / "labels.jsonl"
     return [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -89,7 +89,7 @@ def training_rows() -> list[dict[str, str]]:
 
 
 def embedder() -> Any:
-    from ingest.embedder import Embedder
+    from enclave.knowledge.embedder import Embedder
 
     return Embedder.from_settings(Settings())
 

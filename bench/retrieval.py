@@ -32,9 +32,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.protocols import Principal
-from service.settings import Settings, offline_environment
-from service.stats import bootstrap_mean
+from enclave.core.protocols import Principal
+from enclave.core.settings import Settings, offline_environment
+from enclave.core.stats import bootstrap_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = Path("/usr/share/doc/python3.11/html/library")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.fresh and args.data.exists():
         shutil.rmtree(args.data)
     os.environ["ENCLAVE_DATA_DIR"] = str(args.data)
-    from ingest.kb import KnowledgeBase
+    from enclave.knowledge.store import KnowledgeBase
 
     settings = Settings(data_dir=str(args.data))
     if args.backend:

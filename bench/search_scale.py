@@ -37,8 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.machine import cpu_model
-from service.protocols import Principal
-from service.settings import Settings, offline_environment
+from enclave.core.protocols import Principal
+from enclave.core.settings import Settings, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = Path("/usr/share/doc/python3.11/html")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.fresh and args.data.exists():
         shutil.rmtree(args.data)
     os.environ["ENCLAVE_DATA_DIR"] = str(args.data)
-    from ingest.kb import KnowledgeBase
+    from enclave.knowledge.store import KnowledgeBase
 
     load_before = os.getloadavg()
     settings = Settings(data_dir=str(args.data), rag={"chunk_size": args.chunk_size, "chunk_overlap": 50})

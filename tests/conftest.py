@@ -60,7 +60,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", self.command, "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "enclave.cli.main", self.command, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env,
             stdout=log,

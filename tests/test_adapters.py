@@ -15,11 +15,11 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from adapters.dataset import ChunkRecord, QAPair, generate_pairs, load_pairs, save_pairs
-from adapters.registry import AdapterRegistry, read_meta
-from adapters.train import TrainConfig, train
-from service.errors import InvalidRequest, NotFound
-from service.settings import Settings
+from enclave.adapters.registry import AdapterRegistry, read_meta
+from enclave.adapters.tuning.dataset import ChunkRecord, QAPair, generate_pairs, load_pairs, save_pairs
+from enclave.adapters.tuning.train import TrainConfig, train
+from enclave.core.errors import InvalidRequest, NotFound
+from enclave.core.settings import Settings
 from tests.conftest import MODEL_CACHE, Server
 from tests.test_transports import sse_events, ws_events
 
@@ -367,8 +367,8 @@ def test_eval_scores_right_answers_for_base_adapter_and_rag(trained: Path, tmp_p
     """`tune eval`'s core on the real model: the adapter states the held-out reference's facts, the base
     model does not; RAG and RAG with the adapter answer from a real knowledge base; a report with both
     measures and the paired gain."""
-    from adapters.evaluate import evaluate, right
-    from ingest.kb import KnowledgeBase
+    from enclave.adapters.tuning.evaluate import evaluate, right
+    from enclave.knowledge.store import KnowledgeBase
 
     s = settings_for(tmp_path)
     shutil.copytree(trained, tmp_path / "adapters" / "pineapple")

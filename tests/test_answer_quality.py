@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.answers import degenerate, names
-from service.settings import Settings
+from enclave.core.settings import Settings
 from tests.conftest import MODEL_CACHE
 
 pytestmark = pytest.mark.slow
@@ -42,9 +42,9 @@ FLOORS = {"smollm2-135m-instruct": (3, 2), "qwen2.5-coder-0.5b-instruct": (4, 4)
 
 @pytest.fixture(scope="module", params=list(FLOORS))
 def answers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
-    from service.auth import ANONYMOUS
-    from service.chat.schema import ChatRequest
-    from service.state import State
+    from enclave.api.auth import ANONYMOUS
+    from enclave.api.state import State
+    from enclave.chat.schema import ChatRequest
 
     data = tmp_path_factory.mktemp("quality")
     models = {"cache_dir": str(MODEL_CACHE), "temperature": 0.0, "base": request.param}

@@ -1,11 +1,11 @@
-"""`bench.answers`' scoring and `service.chat.grounding`: what counts as a right, cited, supported, looping answer."""
+"""`bench.answers`' scoring and `enclave.chat.grounding`: what counts as a right, cited, supported, looping answer."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.answers import degenerate, names, paired, spread, wilson
-from service.chat.grounding import citations_in, ground, lexical_support, split_sentences
+from enclave.chat.grounding import citations_in, ground, lexical_support, split_sentences
 
 
 def test_an_entity_is_named_as_a_word_of_its_own() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.backends.catalog import CATALOG, installed, locate, part_files
-from service.backends.local import base_gguf
-from service.errors import BackendUnavailable
-from service.settings import Settings
+from enclave.core.errors import BackendUnavailable
+from enclave.core.settings import Settings
+from enclave.engine.catalog import CATALOG, installed, locate, part_files
+from enclave.engine.transformers_engine import base_gguf
 
 QWEN = CATALOG["qwen2.5-coder-0.5b-instruct"]
 
@@ -70,7 +70,7 @@ def test_an_operators_own_gguf_by_file_or_folder(tmp_path: Path) -> None:
 
 
 def test_the_rag_prompt_follows_the_base_model_unless_set(tmp_path: Path) -> None:
-    from service.chat.rag import rag_prompt_of
+    from enclave.chat.rag import rag_prompt_of
 
     assert rag_prompt_of(settings(tmp_path)) == "passages-in-question"
     assert rag_prompt_of(settings(tmp_path, base=QWEN.name)) == "passages-with-example"

@@ -89,7 +89,7 @@ def test_acknowledged_uploads_survive_kill_9(tmp_path: Path) -> None:
 def _ingest(data: Path, folder: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ENCLAVE_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "ingest", str(folder), "--collection", "docs"],
+        [sys.executable, "-m", "enclave.cli.main", "ingest", str(folder), "--collection", "docs"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -99,8 +99,8 @@ def _ingest(data: Path, folder: Path) -> subprocess.Popen[bytes]:
 
 def _documents(data: Path) -> dict[str, int]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ingest.kb import KnowledgeBase
-    from service.settings import Settings
+    from enclave.core.settings import Settings
+    from enclave.knowledge.store import KnowledgeBase
 
     kb = KnowledgeBase.from_settings(Settings(data_dir=str(data)))
     if "docs" not in kb.collection_names():

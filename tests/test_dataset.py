@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.dataset import ChunkRecord, QAPair, generate_pairs, generate_pairs_llm, vet
-from ingest.kb import KnowledgeBase
-from service.protocols import GenerationParams, Message, Principal
-from service.settings import DEFAULT_BASE_MODEL, Settings
+from enclave.adapters.tuning.dataset import ChunkRecord, QAPair, generate_pairs, generate_pairs_llm, vet
+from enclave.core.protocols import GenerationParams, Message, Principal
+from enclave.core.settings import DEFAULT_BASE_MODEL, Settings
+from enclave.knowledge.store import KnowledgeBase
 from tests.conftest import FAST_BASE, MODEL_CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_tune_dataset_with_the_model_writing_the_pairs(tmp_path: Path) -> None:
     docs.mkdir()
     for name, title, body in [("vacuum.md", "VACUUM", VACUUM), ("listen.md", "LISTEN", LISTEN)]:
         (docs / name).write_text(f"# {title}\n\n{body}\n")
-    enclave = [sys.executable, "-m", "service.cli"]
+    enclave = [sys.executable, "-m", "enclave.cli.main"]
     subprocess.run([*enclave, "ingest", str(docs), "--collection", "sql"], env=env, check=True, cwd=ROOT)
     run = subprocess.run(
         [*enclave, "tune", "dataset", "--collection", "sql", "--generator", "llm"],

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.backends.decoding import (
+from enclave.engine.decoding import (
     LOOP_MAX_PERIOD,
     LOOP_MIN_REPEATS,
     LOOP_MIN_TOKENS,
@@ -20,7 +20,7 @@ from service.backends.decoding import (
     apply_penalties,
     find_loop,
 )
-from service.backends.llama_engine import Sampling, TokenSampler
+from enclave.engine.llama_engine import Sampling, TokenSampler
 
 
 def test_penalties_match_a_hand_computation() -> None:
@@ -106,8 +106,8 @@ def test_the_guard_fires_where_a_loop_first_covers_its_thresholds() -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Iterator[Any]:
-    from service.backends.local import load_tokenizer
-    from service.settings import Settings
+    from enclave.core.settings import Settings
+    from enclave.engine.transformers_engine import load_tokenizer
     from tests.conftest import MODEL_CACHE
 
     yield load_tokenizer(Settings(models={"cache_dir": str(MODEL_CACHE)}))  # type: ignore[arg-type]
@@ -220,7 +220,7 @@ def toy_items(sampling: Sampling, lookup: int) -> tuple[list[Any], dict[str, int
     """Everything the engine emits for one toy answer, the Finish last."""
     from types import SimpleNamespace
 
-    from service.backends.llama_engine import EngineRequest, Finish, LlamaEngine
+    from enclave.engine.llama_engine import EngineRequest, Finish, LlamaEngine
 
     toy = ToyLlama()
     engine = LlamaEngine(Path("toy.gguf"), slots=1, batch_tokens=64, lookup_tokens=lookup)
@@ -269,7 +269,7 @@ def test_the_loop_guard_ends_the_engines_answer_before_the_looping_token() -> No
 
 
 def test_logprobs_are_the_models_own_and_the_same_with_prompt_lookup() -> None:
-    from service.protocols import TokenLogprob
+    from enclave.core.protocols import TokenLogprob
 
     sampling = Sampling(max_tokens=24, penalties=Penalties(frequency=0.2), logprobs=2)
     one_by_one, _ = toy_items(sampling, lookup=0)

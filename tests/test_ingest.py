@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from ingest.kb import KnowledgeBase
-from ingest.loaders import LoadError, load
-from ingest.samples import ensure_samples
-from service.errors import Forbidden, InvalidRequest, NotFound
-from service.protocols import Principal
-from service.settings import Settings
+from enclave.core.errors import Forbidden, InvalidRequest, NotFound
+from enclave.core.protocols import Principal
+from enclave.core.settings import Settings
+from enclave.knowledge.loaders import LoadError, load
+from enclave.knowledge.samples import ensure_samples
+from enclave.knowledge.store import KnowledgeBase
 from tests.conftest import Server
 from tests.test_transports import ws_events
 
@@ -316,7 +316,7 @@ def test_whole_collection_reads_page_past_sqlite_variable_limit(tmp_path: Path) 
 def test_a_collection_records_the_embedding_runtime_that_wrote_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ingest.kb import EMBEDDING_KEY
+    from enclave.knowledge.store import EMBEDDING_KEY
     from tests.conftest import MODEL_CACHE
 
     def kb_with(backend: str) -> KnowledgeBase:
@@ -330,7 +330,7 @@ def test_a_collection_records_the_embedding_runtime_that_wrote_it(
     writer.ingest_bytes("file:///menu.md", b"# Menu\n\nThe cafeteria serves lentil soup on Mondays.", "runtime")
     assert writer._collection("runtime").metadata[EMBEDDING_KEY] == "all-MiniLM-L6-v2/onnx-int8"
     reader = kb_with("onnx")
-    with caplog.at_level("WARNING", logger="ingest.kb"):
+    with caplog.at_level("WARNING", logger="enclave.knowledge.store"):
         assert writer.search("lentil soup", "runtime", ANYONE, k=1)
         assert not [r for r in caplog.records if "re-ingest" in r.message]
         for _ in range(2):

@@ -14,13 +14,13 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from service.chat.moderation import OutputGate
-from service.moderation import CompositeModerator, FastModerator, GuardModelModerator
-from service.moderation.classifier import load_rows
-from service.moderation.moderator import parse_guard
-from service.moderation.pii import find_pii, iban_ok, luhn_ok
-from service.protocols import Generation, GenerationParams, Message
-from service.settings import ModerationSettings
+from enclave.chat.gate import OutputGate
+from enclave.core.protocols import Generation, GenerationParams, Message
+from enclave.core.settings import ModerationSettings
+from enclave.moderation import CompositeModerator, FastModerator, GuardModelModerator
+from enclave.moderation.classifier import load_rows
+from enclave.moderation.moderator import parse_guard
+from enclave.moderation.pii import find_pii, iban_ok, luhn_ok
 from tests.conftest import FAST_BASE, MODEL_CACHE, Server
 from tests.test_transports import sse_events, ws_events
 
@@ -387,8 +387,8 @@ def test_an_instruction_planted_in_a_document_is_cut_and_the_rest_still_answers(
 
 @pytest.fixture(scope="module")
 def served() -> FastModerator:
-    from ingest.embedder import Embedder
-    from service.settings import Settings
+    from enclave.core.settings import Settings
+    from enclave.knowledge.embedder import Embedder
 
     embedder = Embedder.from_settings(Settings(models={"cache_dir": str(MODEL_CACHE)}))
     moderator = FastModerator(ModerationSettings(), embed=embedder.embed)
@@ -445,7 +445,7 @@ def test_technical_answers_pass_the_served_output_gate(served: FastModerator, te
 
 
 def test_passage_sentences_giving_the_model_instructions_are_found(served: FastModerator) -> None:
-    from service.moderation import sentences as injection
+    from enclave.moderation import sentences as injection
 
     passage = (
         "Expense reports are due on the fifth working day of each month. Receipts over 50 euros need a scan. "
@@ -464,9 +464,9 @@ def test_passage_sentences_giving_the_model_instructions_are_found(served: FastM
 
 
 def test_a_leak_is_the_prompts_opening_or_a_run_of_its_instructions() -> None:
-    from service.chat import rag
-    from service.moderation.leaks import LeakCheck
-    from service.settings import Settings
+    from enclave.chat import rag
+    from enclave.core.settings import Settings
+    from enclave.moderation.leaks import LeakCheck
 
     default = LeakCheck([Settings().models.system_prompt])
     assert default.leaked("You are Enclave, a helpful assistant running inside the company's own network.")
@@ -484,11 +484,11 @@ def test_a_leak_is_the_prompts_opening_or_a_run_of_its_instructions() -> None:
 
 
 def test_the_gate_never_releases_a_leaked_system_prompt() -> None:
-    from service.moderation.leaks import LeakCheck
+    from enclave.moderation.leaks import LeakCheck
 
     class Allow:
         async def check(self, text: str, stage: str, thorough: bool = True) -> Any:
-            from service.protocols import Verdict
+            from enclave.core.protocols import Verdict
 
             return Verdict()
 

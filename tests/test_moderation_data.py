@@ -1,4 +1,4 @@
-"""The committed public moderation data (service/moderation/data/public, from bench.moderation_data): valid labels,
+"""The committed public moderation data (enclave/moderation/data/public, from bench.moderation_data): valid labels,
 every category in both splits, no text in both, nothing from garak. Reads the files only: no network, no rebuild."""
 
 from __future__ import annotations

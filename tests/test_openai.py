@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from service.settings import DEFAULT_BASE_MODEL
+from enclave.core.settings import DEFAULT_BASE_MODEL
 from tests.conftest import Server
 
 WEATHER = {
@@ -218,8 +218,8 @@ def test_sampling_fields_are_honoured(qwen: Server) -> None:
 
 def _first_token(server: Server, text: str) -> int:
     """The id of the first token of `text` in the served model's vocabulary."""
-    from service.backends.local import load_tokenizer
-    from service.settings import Settings
+    from enclave.core.settings import Settings
+    from enclave.engine.transformers_engine import load_tokenizer
 
     settings = Settings(models={"base": DEFAULT_BASE_MODEL, "cache_dir": str(server.env["ENCLAVE_MODELS__CACHE_DIR"])})
     ids = load_tokenizer(settings).encode(text, add_special_tokens=False)

@@ -93,7 +93,7 @@ def test_a_database_from_before_citations_gains_the_column_and_keeps_its_turns(t
     """An existing store, made before `citations` was a column, opens, keeps its messages and stores citations."""
     import sqlalchemy as sa
 
-    from service.store import SqlConversationStore
+    from enclave.chat.conversations import SqlConversationStore
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'old.db'}"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.chat import calibrate as cal
-from service.chat.router import RetrievalSignals, domain_scores, is_small_talk
-from service.errors import InvalidRequest
-from service.protocols import Chunk
-from service.settings import RouterSettings
+from enclave.chat import calibrate as cal
+from enclave.chat.router import RetrievalSignals, domain_scores, is_small_talk
+from enclave.core.errors import InvalidRequest
+from enclave.core.protocols import Chunk
+from enclave.core.settings import RouterSettings
 
 
 def _chunk(score: float) -> Chunk:
@@ -84,7 +84,7 @@ def test_calibrate_command_on_the_shipped_set(tmp_path: Path) -> None:
     env = {**os.environ, "ENCLAVE_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
     out, report = tmp_path / "router.yaml", tmp_path / "router.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "router", "calibrate", "--write", str(out), "--report", str(report)],
+        [sys.executable, "-m", "enclave.cli.main", "router", "calibrate", "--write", str(out), "--report", str(report)],
         env=env,
         capture_output=True,
         text=True,
@@ -106,7 +106,11 @@ def test_calibrate_command_on_the_shipped_set(tmp_path: Path) -> None:
     # The written file is a settings file the service reads.
     fitted = yaml.safe_load(out.read_text())["router"]
     check = subprocess.run(
-        [sys.executable, "-c", "from service.settings import Settings; print(Settings().router.model_dump_json())"],
+        [
+            sys.executable,
+            "-c",
+            "from enclave.core.settings import Settings; print(Settings().router.model_dump_json())",
+        ],
         env={**env, "ENCLAVE_CONFIG": str(out)},
         capture_output=True,
         text=True,

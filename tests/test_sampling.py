@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.backends.llama_engine import Sampling, TokenSampler
-from service.backends.llamacpp import _Mailbox
+from enclave.engine.llama_engine import Sampling, TokenSampler
+from enclave.engine.llamacpp import _Mailbox
 
 
 def test_greedy_takes_the_first_highest_logit() -> None:

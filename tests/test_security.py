@@ -232,7 +232,7 @@ def test_no_tenant_sees_another_tenants_documents(tenants: Server) -> None:
 
 def test_new_key_command_prints_a_usable_entry(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "auth", "new-key", "--name", "hr-bot", "--collections", "hr,docs"],
+        [sys.executable, "-m", "enclave.cli.main", "auth", "new-key", "--name", "hr-bot", "--collections", "hr,docs"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -242,8 +242,8 @@ def test_new_key_command_prints_a_usable_entry(tmp_path: Path) -> None:
     key = proc.stderr.split("key (shown once): ", 1)[1].split()[0]
     (tmp_path / "keys.yaml").write_text(proc.stdout)
     assert key not in proc.stdout  # only the digest is stored
-    from service.auth import Authenticator
-    from service.settings import AuthSettings
+    from enclave.api.auth import Authenticator
+    from enclave.core.settings import AuthSettings
 
     who = Authenticator(AuthSettings(api_keys_file=str(tmp_path / "keys.yaml"))).principal(key)
     assert who.name == "hr-bot" and who.collections == frozenset({"hr", "docs"}) and not who.admin

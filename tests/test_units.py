@@ -9,15 +9,15 @@ from typing import Any, Literal
 
 import pytest
 
-from service.backends.local import StopMatcher
-from service.chat.admission import Admission
-from service.chat.moderation import REDACTED, OutputGate
-from service.chat.router import RetrievalSignals, SignalRouter
-from service.chat.schema import ChatRequest
-from service.errors import Overloaded
-from service.protocols import Chunk, Verdict
-from service.settings import RouterSettings, Settings
-from service.store import SqlConversationStore
+from enclave.chat.admission import Admission
+from enclave.chat.conversations import SqlConversationStore
+from enclave.chat.gate import REDACTED, OutputGate
+from enclave.chat.router import RetrievalSignals, SignalRouter
+from enclave.chat.schema import ChatRequest
+from enclave.core.errors import Overloaded
+from enclave.core.protocols import Chunk, Verdict
+from enclave.core.settings import RouterSettings, Settings
+from enclave.engine.transformers_engine import StopMatcher
 
 
 def test_stop_matcher_holds_back_a_possible_stop() -> None:
@@ -143,7 +143,7 @@ def test_router_explains_its_choice() -> None:
 def test_engine_slot_policy_keeps_valuable_caches() -> None:
     from pathlib import Path
 
-    from service.backends.llama_engine import MIN_PREFIX_REUSE, LlamaEngine
+    from enclave.engine.llama_engine import MIN_PREFIX_REUSE, LlamaEngine
 
     engine = LlamaEngine(Path("unused.gguf"), slots=3)  # not started: the policy needs no model
     rag, pirate, empty = engine._slots

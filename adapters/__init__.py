@@ -1,1 +1,0 @@
-"""LoRA adapters: datasets, training, evaluation, registry and the local model server."""

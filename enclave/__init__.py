@@ -1,0 +1,1 @@
+"""Enclave: on-prem streaming chat — RAG, LoRA adapters, routing and moderation inside your VPC."""

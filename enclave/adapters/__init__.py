@@ -1,0 +1,1 @@
+"""LoRA adapters: the registry, and tuning/ (QA pairs, training, evaluation)."""

@@ -1,0 +1,171 @@
+"""The adapter registry: adapters on disk with their metadata, loaded into the serving model by name.
+
+An adapter folder holds peft's files (adapter_config.json, adapter_model.safetensors) and
+`enclave.json` (base model and its hash, dataset hash, hyperparameters, final loss, eval scores).
+Loads and unloads take a lock per name; a bad adapter is refused and the server keeps what it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from enclave.core.errors import InvalidRequest, NotFound
+from enclave.core.files import atomic_write
+
+META_FILE = "enclave.json"
+DOMAIN_FILE = "domain.npy"  # embeddings of the training questions: the router's picture of the domain
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class AdapterHost(Protocol):
+    """What a backend that serves adapters in process offers the registry."""
+
+    def list_adapters(self) -> list[str]: ...
+    async def add_adapter(self, name: str, path: Path) -> None: ...
+    async def remove_adapter(self, name: str) -> None: ...
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidRequest(f"invalid adapter name {name!r}: letters, digits, '.', '_' and '-', at most 64")
+    return name
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise InvalidRequest(f"adapter '{folder.name}' has no {META_FILE}: not an Enclave adapter") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"adapter '{folder.name}' has a corrupt {META_FILE}: {exc.msg}") from exc
+    if not isinstance(meta, dict):
+        raise InvalidRequest(f"adapter '{folder.name}': {META_FILE} is not an object")
+    return meta
+
+
+def read_domain(folder: Path) -> Any:
+    """The adapter's domain as an (n, dim) float32 array, or None if it recorded none (older adapters)."""
+    import numpy as np
+
+    path = folder / DOMAIN_FILE
+    if not path.is_file():
+        return None
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return vecs if vecs.ndim == 2 and len(vecs) else None
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    atomic_write(folder / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path, host: AdapterHost | None, base_sha256: str | None) -> None:
+        self.root = root
+        self.host = host
+        self.base_sha256 = base_sha256
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._domains: dict[str, Any] = {}
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def folder(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def available(self) -> list[dict[str, Any]]:
+        """Every adapter on disk with its metadata and whether it is loaded."""
+        loaded = set(self.host.list_adapters()) if self.host else set()
+        out = []
+        if self.root.is_dir():
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                try:
+                    meta = read_meta(folder)
+                    problem = None
+                except InvalidRequest as exc:
+                    meta, problem = {}, exc.message
+                out.append(
+                    {
+                        "name": folder.name,
+                        "loaded": folder.name in loaded,
+                        "base_model": meta.get("base_model"),
+                        "rank": meta.get("hyperparameters", {}).get("rank"),
+                        "final_loss": meta.get("final_loss"),
+                        "eval": meta.get("eval"),
+                        "created_at": meta.get("created_at"),
+                        "problem": problem,
+                    }
+                )
+        return out
+
+    def validate(self, name: str) -> Path:
+        folder = self.folder(name)
+        if not folder.is_dir():
+            raise NotFound(f"unknown adapter '{name}'")
+        meta = read_meta(folder)
+        if self.base_sha256 and meta.get("base_model_sha256") != self.base_sha256:
+            raise InvalidRequest(
+                f"adapter '{name}' was trained for another base model "
+                f"({meta.get('base_model', '?')}, sha256 {str(meta.get('base_model_sha256'))[:12]}…)"
+            )
+        for needed in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (folder / needed).is_file():
+                raise InvalidRequest(f"adapter '{name}' is incomplete: {needed} is missing")
+        try:
+            json.loads((folder / "adapter_config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"adapter '{name}' is corrupt: adapter_config.json: {exc.msg}") from exc
+        return folder
+
+    def domains(self) -> dict[str, Any]:
+        """Domain embeddings (one row per training question) of the loaded adapters that recorded one."""
+        out = {}
+        loaded = self.host.list_adapters() if self.host else [a["name"] for a in self.available()]
+        for name in loaded:
+            if name not in self._domains:  # read once per load, not per request
+                try:
+                    self._domains[name] = read_domain(self.folder(name))
+                except InvalidRequest:
+                    self._domains[name] = None
+            vecs = self._domains[name]
+            if vecs is not None:
+                out[name] = vecs
+        return out
+
+    async def load(self, name: str) -> dict[str, Any]:
+        if self.host is None:
+            raise InvalidRequest("this backend serves its adapters itself; load them on the model server")
+        async with self._lock(name):
+            folder = self.validate(name)
+            self._domains.pop(name, None)
+            try:
+                await self.host.add_adapter(name, folder)
+            except Exception as exc:
+                raise InvalidRequest(f"adapter '{name}' could not be loaded: {type(exc).__name__}: {exc}") from exc
+        return next(a for a in self.available() if a["name"] == name)
+
+    async def unload(self, name: str) -> None:
+        if self.host is None:
+            raise InvalidRequest("this backend serves its adapters itself")
+        async with self._lock(check_name(name)):
+            if name not in self.host.list_adapters():
+                raise NotFound(f"adapter '{name}' is not loaded")
+            await self.host.remove_adapter(name)
+
+    async def load_all(self) -> list[str]:
+        """Load every valid adapter on disk (at start-up); skip, and report, the rest."""
+        problems = []
+        for entry in self.available():
+            if entry["loaded"]:
+                continue
+            try:
+                await self.load(entry["name"])
+            except (InvalidRequest, NotFound) as exc:
+                problems.append(f"{entry['name']}: {exc.message}")
+        return problems

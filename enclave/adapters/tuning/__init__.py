@@ -1,0 +1,1 @@
+"""From documents to an adapter: QA pairs, peft training, evaluation."""

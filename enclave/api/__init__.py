@@ -1,0 +1,1 @@
+"""The HTTP face: the FastAPI app, its typed state, auth, routers/, web/, the model server."""

@@ -1,0 +1,130 @@
+"""The knowledge base over HTTP: upload, list, delete documents and collections, and search."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from enclave.api.routers.deps import get_state, principal
+from enclave.core.errors import BackendUnavailable, Forbidden, InvalidRequest
+from enclave.core.protocols import Principal
+
+router = APIRouter(tags=["knowledge base"])
+
+
+def _kb(request: Request) -> Any:
+    kb = get_state(request).kb
+    if kb is None:
+        raise BackendUnavailable("the knowledge base is not ready yet")
+    return kb
+
+
+def _readable(who: Principal, collection: str) -> None:
+    if not who.may_read(collection):
+        raise Forbidden(f"you may not read collection '{collection}'")
+
+
+def _admin(who: Principal) -> None:
+    if not who.admin:
+        raise Forbidden("changing the knowledge base needs an admin key")
+
+
+@router.post("/v1/documents")
+async def upload(
+    request: Request,
+    files: list[UploadFile] = File(..., description="One or more files: PDF, HTML, Markdown or text."),
+    collection: str = Form("docs"),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    _admin(who)
+    kb = _kb(request)
+    kb.check_collection(collection)
+    from enclave.knowledge.store import IngestReport
+
+    report = IngestReport()
+    for f in files:
+        name = (f.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+        if not name:
+            raise InvalidRequest("every uploaded file needs a file name")
+        data = await f.read()
+        await asyncio.to_thread(kb.ingest_bytes, f"upload/{name}", data, collection, report)
+    return {"collection": collection, **report.as_dict()}
+
+
+@router.get("/v1/collections")
+async def collections(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    rows = await asyncio.to_thread(_kb(request).list_collections)
+    return {"object": "list", "data": [c for c in rows if who.may_read(c["name"])]}
+
+
+@router.delete("/v1/collections/{collection}", status_code=204)
+async def delete_collection(collection: str, request: Request, who: Principal = Depends(principal)) -> Response:
+    _admin(who)
+    await asyncio.to_thread(_kb(request).delete_collection, collection)
+    return Response(status_code=204)
+
+
+@router.get("/v1/collections/{collection}/documents")
+async def documents(collection: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    _readable(who, collection)
+    return {"object": "list", "data": await asyncio.to_thread(_kb(request).list_documents, collection)}
+
+
+@router.get("/v1/collections/{collection}/documents/{doc_id}")
+async def document(
+    collection: str, doc_id: str, request: Request, who: Principal = Depends(principal)
+) -> dict[str, Any]:
+    _readable(who, collection)
+    doc: dict[str, Any] = await asyncio.to_thread(_kb(request).get_document, collection, doc_id)
+    return doc
+
+
+@router.delete("/v1/collections/{collection}/documents/{doc_id}", status_code=204)
+async def delete_document(
+    collection: str, doc_id: str, request: Request, who: Principal = Depends(principal)
+) -> Response:
+    _admin(who)
+    await asyncio.to_thread(_kb(request).delete_document, collection, doc_id)
+    return Response(status_code=204)
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(description="What to look for.")
+    collection: str = Field("docs", description="Collection to search.")
+    k: int = Field(5, ge=1, le=50, description="How many results.")
+
+
+class SearchResult(BaseModel):
+    id: str
+    title: str
+    uri: str
+    snippet: str
+    score: float
+    section: str = ""
+    page: int | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+
+
+@router.post("/v1/search")
+async def search(body: SearchRequest, request: Request, who: Principal = Depends(principal)) -> SearchResponse:
+    chunks = await asyncio.to_thread(_kb(request).search, body.query, body.collection, who, body.k)
+    return SearchResponse(
+        results=[
+            SearchResult(
+                id=c.id,
+                title=c.title,
+                uri=c.uri,
+                snippet=" ".join(c.text.split())[:300],
+                score=c.score,
+                section=str(c.metadata.get("section") or ""),
+                page=c.metadata.get("page"),
+            )
+            for c in chunks
+        ]
+    )

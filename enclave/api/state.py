@@ -1,0 +1,121 @@
+"""The service's state: everything the app's lifespan builds and the transports reach — settings, store,
+backend, knowledge base, adapter registry, pipeline — and how it loads, drains and closes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from enclave.api.auth import Authenticator
+from enclave.chat.conversations import SqlConversationStore
+from enclave.chat.limits import KeyLimits
+from enclave.chat.metrics import Metrics
+from enclave.chat.pipeline import ChatPipeline
+from enclave.core.settings import Settings
+from enclave.engine.build import build_backend
+
+log = logging.getLogger("enclave")
+
+
+class State:
+    """Everything the lifespan builds; transports reach it through request.app.state.enclave."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.auth = Authenticator(settings.auth)
+        self.store = SqlConversationStore(settings.database_url)
+        self.backend: Any = build_backend(settings)
+        self.kb: Any = None
+        self.registry: Any = None
+        self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
+        if self.auth.enabled:
+            self.pipeline.key_limits = KeyLimits(settings.limits, settings.storage.redis_url)
+        self.ready = False
+        self.draining = False
+        self.load_error: str | None = None
+        self._loaded: set[str] = set()
+        self.started = time.time()
+
+    async def load(self, retry: bool = False) -> None:
+        """Load the model and the knowledge base; /readyz turns true when both are up.
+
+        With `retry` (the server) a failure is retried with backoff until it works or the process drains:
+        a Chroma server or model server that is not up yet must not leave a pod unready for ever. Each
+        part is loaded once; a retry resumes where the last attempt failed.
+        """
+        delay = 1.0
+        while True:
+            try:
+                await self._load_parts()
+            except Exception as exc:  # readiness stays false and says why
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.exception("enclave failed to load%s", f"; retrying in {delay:.0f} s" if retry else "")
+                if not retry or self.draining:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.load_error = None
+            self.ready = not self.draining
+            log.info("enclave ready: backend=%s", self.backend.name)
+            return
+
+    async def _load_parts(self) -> None:
+        if "backend" not in self._loaded:
+            await self.backend.aload()
+            self._loaded.add("backend")
+        if self.registry is None:
+            await self._open_registry()
+        if self.kb is None:
+            self.kb = await asyncio.to_thread(self._open_kb)
+            if self.kb is not None:
+                self.pipeline.retriever = self.kb.retriever()
+                self.pipeline.collections = self.kb.collection_names
+                self.pipeline.embed = self.kb.embedder.embed
+        if self.settings.moderation.enabled and self.pipeline.moderator is None:
+            from enclave.moderation import build_moderator
+
+            # After the knowledge base: the embedding classifier reads the vectors of its embedder.
+            self.pipeline.moderator = await asyncio.to_thread(
+                build_moderator, self.settings.moderation, self.backend, self.pipeline.embed
+            )
+        self.pipeline.domains = self.registry.domains
+
+    async def _open_registry(self) -> None:
+        from enclave.adapters.registry import AdapterRegistry
+
+        host = self.backend if hasattr(self.backend, "add_adapter") else None
+        base_sha = getattr(self.backend, "base_sha256", None)
+        self.registry = AdapterRegistry(self.settings.adapters_path, host, base_sha)
+        if host is not None and self.settings.adapters.autoload:
+            for problem in await self.registry.load_all():
+                log.warning("adapter skipped: %s", problem)
+
+    def _open_kb(self) -> Any:
+        try:
+            from enclave.knowledge.store import KnowledgeBase
+        except ImportError:
+            log.warning("knowledge base unavailable: the ingest package is not installed")
+            return None
+        kb = KnowledgeBase.from_settings(self.settings)
+        if self.settings.rag.ingest_samples:
+            from enclave.knowledge.samples import ensure_samples
+
+            ensure_samples(kb, self.settings.rag.default_collection)
+        return kb
+
+    async def drain(self, timeout: float) -> None:
+        """Readiness off, new work refused, open streams given `timeout` seconds to finish."""
+        self.ready = False
+        self.draining = True
+        self.pipeline.admission.closed = True
+        deadline = time.monotonic() + timeout
+        while self.pipeline.admission.admitted > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    def close(self) -> None:
+        self.backend.close()
+        self.store.close()

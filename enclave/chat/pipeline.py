@@ -1,0 +1,525 @@
+"""The chat pipeline: validate → moderate input → route → generate → moderate output → store.
+
+It yields typed ChatEvents and never raises into a transport: every run ends with exactly one
+`done` or one `error` event, and the turn is in the store whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from enclave.chat import grounding, rag, structured
+from enclave.chat.admission import Admission, Ticket
+from enclave.chat.conversations import ConversationStore
+from enclave.chat.gate import OutputGate
+from enclave.chat.limits import KeyLimits
+from enclave.chat.metrics import Metrics
+from enclave.chat.rag import rag_prompt_of
+from enclave.chat.router import RetrievalSignals, SignalRouter, domain_scores, is_small_talk
+from enclave.chat.schema import ChatRequest
+from enclave.core.errors import (
+    EnclaveError,
+    InvalidRequest,
+    ModerationBlocked,
+    NotFound,
+    Overloaded,
+    Timeout,
+    as_enclave_error,
+)
+from enclave.core.events import (
+    CitationsEvent,
+    DoneEvent,
+    ErrorEvent,
+    ModerationEvent,
+    RouteEvent,
+    SourcesEvent,
+    TokenAlternative,
+    TokenEvent,
+    TokenLogprobs,
+    Usage,
+)
+from enclave.core.protocols import (
+    Chunk,
+    Generation,
+    GenerationBackend,
+    GenerationParams,
+    Message,
+    Moderator,
+    Principal,
+    Retriever,
+    TokenLogprob,
+)
+from enclave.core.settings import Settings
+from enclave.moderation import sentences
+from enclave.moderation.leaks import LeakCheck
+
+log = logging.getLogger(__name__)
+
+Event = RouteEvent | SourcesEvent | TokenEvent | CitationsEvent | ModerationEvent | DoneEvent | ErrorEvent
+
+# How often a streaming answer is written to the store, so a crash loses at most this much.
+SAVE_EVERY_S = 1.0
+# `auto` without a named collection searches at most this many of the caller's collections.
+MAX_AUTO_COLLECTIONS = 8
+
+
+class ChatPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: GenerationBackend,
+        store: ConversationStore,
+        metrics: Metrics,
+        retriever: Retriever | None = None,
+        moderator: Moderator | None = None,
+        collections: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.metrics = metrics
+        self.retriever = retriever
+        self.moderator = moderator
+        self.collections = collections  # callable -> set of existing collection names, or None
+        # adapter name -> (n, dim) embeddings of its training questions; a query scores its nearest one
+        self.domains: Callable[[], dict[str, Any]] | None = None
+        self.embed: Callable[[list[str]], list[list[float]]] | None = None
+        self.router = SignalRouter(settings.router)
+        self.admission = Admission(settings.limits.max_concurrent_generations, settings.limits.max_queue)
+        self.key_limits: KeyLimits | None = None  # per-key limits, set by the app when API keys are configured
+
+    # -- checks a transport can make before it starts a stream ------------------------------
+    def validate(self, req: ChatRequest) -> None:
+        lim = self.settings.limits
+        if not req.message or not req.message.strip():
+            raise InvalidRequest("message is empty")
+        if len(req.message) > lim.max_message_chars:
+            raise InvalidRequest(f"message is {len(req.message)} characters; the limit is {lim.max_message_chars}")
+        if req.max_tokens is not None and req.max_tokens > lim.max_tokens_cap:
+            raise InvalidRequest(f"max_tokens {req.max_tokens} is over the limit of {lim.max_tokens_cap}")
+        if req.adapter is not None and req.adapter not in self.backend.list_adapters():
+            raise NotFound(f"unknown adapter '{req.adapter}'")
+        if not self.backend.constrained:
+            what = "a structured answer (schema, response_format, tools)" if req.output_spec() else None
+            what = what or ("logit_bias" if req.logit_bias else None)
+            what = what or ("logprobs" if req.logprobs is not None else None)
+            if what:
+                raise InvalidRequest(f"{what} needs the llama.cpp engine; the '{self.backend.name}' backend cannot")
+        spec = req.output_spec()
+        if req.raw and (spec is not None or req.route == "rag"):
+            raise InvalidRequest("a plain completion goes to the model as it is: no documents, schema or tools")
+        if spec is not None and spec.kind == "tools":
+            names = {t.name for t in spec.tools}
+            if not names:
+                raise InvalidRequest("tools is empty")
+            if spec.tool_choice not in ("auto", "required", *names):
+                raise InvalidRequest(f"tool_choice names '{spec.tool_choice}', which is not one of the tools")
+
+    async def admit(self, principal: Principal | None = None) -> Ticket:
+        """A place in the generation queue, after the caller's per-key limits; Overloaded at once if not."""
+        release = await self.key_limits.acquire(principal.name) if self.key_limits and principal else None
+        try:
+            ticket = self.admission.enter()
+        except Overloaded:
+            if release:
+                release()
+            raise
+        ticket.on_release = release
+        return ticket
+
+    def params(self, req: ChatRequest) -> GenerationParams:
+        m = self.settings.models
+        return GenerationParams(
+            max_tokens=req.max_tokens or m.max_tokens,
+            temperature=m.temperature if req.temperature is None else req.temperature,
+            top_p=req.top_p or m.top_p,
+            stop=req.stop or [],
+            seed=req.seed,
+            repetition_penalty=m.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+            frequency_penalty=m.frequency_penalty if req.frequency_penalty is None else req.frequency_penalty,
+            presence_penalty=m.presence_penalty if req.presence_penalty is None else req.presence_penalty,
+            loop_guard=m.loop_guard,
+            logit_bias=req.logit_bias or {},
+            output=req.output_spec(),
+            logprobs=req.logprobs,
+        )
+
+    # -- the run ------------------------------------------------------------------------------
+    async def run(
+        self,
+        req: ChatRequest,
+        principal: Principal,
+        cancel: asyncio.Event | None = None,
+        ticket: Ticket | None = None,
+    ) -> AsyncIterator[Event]:
+        """Stream one answer. `ticket` comes from admit(); without one the run admits itself."""
+        cancel = cancel or asyncio.Event()
+        turn = _Turn()
+        self.metrics.active.inc()
+        try:
+            try:
+                self.validate(req)
+                ticket = ticket or await self.admit(principal)
+            except EnclaveError as exc:
+                yield self._error(exc, turn)
+                return
+            async with ticket:
+                async for event in self._run(req, principal, cancel, turn):
+                    yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: keep what was said, marked as cancelled.
+            turn.finish_reason = "cancelled"
+            self._save_final(turn, "cancelled")
+            raise
+        except Exception as exc:
+            err = as_enclave_error(exc)
+            if err.code == "internal":
+                log.exception("chat run failed")
+            status = "blocked" if err.code == "moderation_blocked" else "error"
+            self._save_final(turn, status, {"code": err.code, "message": err.message})
+            yield self._error(err, turn)
+        finally:
+            self.metrics.active.dec()
+            if ticket is not None:
+                ticket.release()
+
+    async def _run(
+        self, req: ChatRequest, principal: Principal, cancel: asyncio.Event, turn: _Turn
+    ) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        # 1. Input moderation, before anything else sees the text (or stores personal data).
+        message = req.message
+        verdict = None
+        if self.moderator is not None and self.settings.moderation.enabled and self.settings.moderation.check_input:
+            verdict = await self.moderator.check(message, "input")
+            if verdict.action == "redact" and verdict.redacted is not None:
+                message = verdict.redacted
+        blocked = verdict is not None and verdict.action == "block"
+
+        # 2. The conversation, the user's turn, and history the model may see.
+        if req.conversation_id:
+            conv = await asyncio.to_thread(self.store.get_conversation, req.conversation_id)
+            if conv is None or conv.get("principal") not in (principal.name, None):
+                raise NotFound(f"unknown conversation '{req.conversation_id}'")
+            turn.conversation_id = req.conversation_id
+        else:
+            title = "Blocked message" if blocked else " ".join(message.split())[:60]
+            turn.conversation_id = await asyncio.to_thread(self.store.create_conversation, title, principal.name)
+        history = req.history if req.history is not None else await self._history(turn.conversation_id)
+        turn.user_id = await asyncio.to_thread(self.store.add_message, turn.conversation_id, "user", message)
+        if verdict is not None and verdict.action != "allow":
+            yield ModerationEvent(stage="input", action=verdict.action, categories=verdict.categories)
+            if blocked:
+                turn.moderation = {"stage": "input", "action": "block", "categories": verdict.categories}
+                raise ModerationBlocked("the message was blocked by the content policy")
+
+        # 3. Route.
+        signals = await self._signals(req, message, history, principal)
+        route = self.router.decide(req, signals, self.backend.list_adapters())
+        self.metrics.routes.labels(route.kind).inc()
+        turn.route, turn.adapter = route.kind, route.adapter
+        yield RouteEvent(route=route.kind, adapter=route.adapter, reason=route.reason, scores=route.scores)
+        turn.assistant_id = await asyncio.to_thread(
+            self.store.add_message,
+            turn.conversation_id,
+            "assistant",
+            "",
+            status="incomplete",
+            route=route.kind,
+            adapter=route.adapter,
+        )
+
+        # 4. The prompt.
+        params = self.params(req)
+        relevant: list[Chunk] = []
+        if route.kind == "rag":
+            relevant = [
+                c
+                for c in signals.chunks
+                if float(c.metadata.get("dense_score", c.score)) >= self.settings.rag.score_threshold
+            ][: self.settings.rag.top_k]
+            relevant, cut = await self._without_injections(relevant)
+            if cut:
+                yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])
+            turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
+            yield SourcesEvent(sources=rag.sources_of(relevant))
+            if not relevant and params.output is None:
+                text = rag.NOTHING_FOUND.format(collection=signals.collection)
+                turn.text = text
+                yield TokenEvent(text=text)
+                yield await self._finish(turn, Generation(finish_reason="stop"))
+                return
+        prompt: list[Message] | str
+        protected: list[str] = []  # what the answer must not repeat (the output gate's leak check)
+        if req.raw:  # a plain completion: the text goes to the model as it is
+            prompt = message
+        elif relevant:
+            protected = list(rag.INSTRUCTIONS)
+            messages = [*history, *rag.rag_messages(message, relevant, rag_prompt_of(self.settings))]
+            # The RAG system prompt must come first for chat templates that want one system turn.
+            messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
+        else:  # no route to the documents, or (for a structured answer) nothing relevant in them
+            system = req.system or self.settings.models.system_prompt
+            protected = [system]
+            messages = [
+                Message(role="system", content=system),
+                *history,
+                Message(role="user", content=message),
+            ]
+        if not req.raw:
+            prompt = structured.with_instructions(messages, params.output)
+
+        # 5. Generate, through the output gate.
+        result = Generation()
+        mod = self.settings.moderation
+        gate = OutputGate(
+            self.moderator if mod.enabled and mod.check_output else None,
+            self.settings.moderation.holdback_tokens,
+            LeakCheck(protected) if mod.policies.get("prompt_leak", "block") == "block" else None,
+        )
+        stream = self.backend.stream(prompt, params, adapter=route.adapter, result=result)
+        last_save = time.monotonic()
+        first = True
+        try:
+            async with asyncio.timeout(self.settings.models.request_timeout_s):
+                async for piece in stream:
+                    if first:
+                        self.metrics.ttft.observe(time.perf_counter() - started)
+                        first = False
+                    for text in await gate.push(piece):
+                        turn.text += text
+                        yield TokenEvent(text=text)
+                    if gate.blocked:
+                        break
+                    if cancel.is_set():
+                        result.finish_reason = "cancelled"
+                        break
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        last_save = time.monotonic()
+                        await asyncio.to_thread(self.store.update_message, turn.assistant_id, content=turn.text)
+        except TimeoutError as exc:
+            raise Timeout(f"generation took longer than {self.settings.models.request_timeout_s:.0f} s") from exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if not gate.blocked:
+            for text in await gate.finish():
+                turn.text += text
+                yield TokenEvent(text=text)
+        if gate.blocked:
+            v = gate.verdict
+            turn.moderation = {"stage": "output", "action": "block", "categories": v.categories}
+            yield ModerationEvent(stage="output", action="block", categories=v.categories)
+            raise ModerationBlocked("the answer was stopped by the content policy")
+        elif gate.redacted:
+            turn.moderation = {"stage": "output", "action": "redact", "categories": gate.verdict.categories}
+            yield ModerationEvent(stage="output", action="redact", categories=gate.verdict.categories)
+        if cancel.is_set():
+            result.finish_reason = "cancelled"
+        grounded = relevant and turn.text.strip() and self.embed is not None and params.output is None
+        if grounded and result.finish_reason != "cancelled":
+            async for event in self._ground(turn, relevant, result):
+                yield event
+        if gate.redacted or (turn.citations or {}).get("unverified"):
+            result.logprobs = None  # the tokens are no longer the text shown: withheld (see DoneEvent)
+        elapsed = time.perf_counter() - started
+        if result.completion_tokens and elapsed > 0:
+            self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
+        self.metrics.completion_tokens.inc(result.completion_tokens)
+        yield await self._finish(turn, result)
+
+    async def _ground(self, turn: _Turn, passages: list[Chunk], result: Generation) -> AsyncIterator[Event]:
+        """Checks each sentence of a document answer against the passages; quotes them when it cannot be verified."""
+        assert self.embed is not None
+        t0 = time.perf_counter()
+        checked = await asyncio.to_thread(
+            grounding.ground, turn.text, [c.text for c in passages], self.embed, [c.embedding for c in passages]
+        )
+        self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
+        unverified = grounding.unverified(checked) or result.finish_reason == "repetition"
+        sentences = grounding.citations(checked)
+        turn.citations = {"sentences": sentences, "unverified": unverified}
+        if unverified:  # the notice first: the citations' spans point into the answer before it
+            notice = grounding.quoted_passages([(c.title, c.text) for c in passages])
+            turn.text += notice
+            yield TokenEvent(text=notice)
+        yield CitationsEvent(sentences=sentences, unverified=unverified)  # type: ignore[arg-type]
+
+    async def _without_injections(self, chunks: list[Chunk]) -> tuple[list[Chunk], int]:
+        """Retrieved passages as data, not instructions: every sentence that gives the model instructions is cut
+        out (the rest of the passage is kept and cited); a passage left with nothing is dropped. Returns the
+        passages and how many sentences were cut."""
+        if self.moderator is None or not self.settings.moderation.enabled:
+            return chunks, 0
+        spans = [sentences.sentences(c.text) for c in chunks]
+        texts = [c.text[a:b] for c, found in zip(chunks, spans, strict=True) for a, b in found]
+        verdicts = iter(await self.moderator.check_many(texts, "context")) if texts else iter(())
+        kept, cut = [], 0
+        for c, found in zip(chunks, spans, strict=True):
+            bad = [
+                (a, b)
+                for a, b in found
+                if (v := next(verdicts)).action == "block" and "prompt_injection" in v.categories
+            ]
+            if not bad:
+                kept.append(c)
+                continue
+            cut += len(bad)
+            text = sentences.without(c.text, bad)
+            log.warning("cut %d sentence(s) of instructions out of retrieved chunk %s", len(bad), c.id)
+            if sentences.worth_keeping(text):
+                kept.append(dataclasses.replace(c, text=text, embedding=None))  # its stored vector was the whole
+        return kept, cut
+
+    async def _history(self, conversation_id: str) -> list[Message]:
+        rows = await asyncio.to_thread(self.store.history, conversation_id)
+        budget = self.settings.limits.history_tokens
+        kept: list[Message] = []
+        for row in reversed(rows):
+            cost = self.backend.count_tokens(row["content"])
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append(Message(role=row["role"], content=row["content"]))
+        return kept[::-1]
+
+    async def _signals(
+        self, req: ChatRequest, message: str, history: list[Message], principal: Principal
+    ) -> RetrievalSignals:
+        signals = RetrievalSignals(small_talk=req.route == "auto" and is_small_talk(message))
+        # A structured answer (JSON, tool calls) is the model's own: no documents to look up on `auto`.
+        auto = (
+            req.route == "auto" and not req.adapter and not signals.small_talk and req.output_spec() is None
+        ) and not req.raw
+        domains = self.domains() if auto and self.domains and self.embed else {}
+        if domains and self.embed:
+            q = (await asyncio.to_thread(self.embed, [message]))[0]
+            signals.adapter_scores = domain_scores(q, domains)
+        if req.route == "rag" and self.retriever is None:
+            raise InvalidRequest("the knowledge base is not available on this server")
+        if self.retriever is None or not (auto or req.route == "rag"):
+            return signals
+        candidates = [req.collection or self.settings.rag.default_collection]
+        if req.collection is None:
+            # Without a named collection, search every existing collection the caller may read (the default
+            # first) and answer from the best match; `auto` quietly skips what is missing or not readable.
+            existing = self.collections() if self.collections else None
+            if existing is not None:
+                readable = sorted(c for c in existing if principal.may_read(c) and c != candidates[0])
+                first = candidates if candidates[0] in existing and principal.may_read(candidates[0]) else []
+                candidates = (first + readable)[:MAX_AUTO_COLLECTIONS]
+            elif not principal.may_read(candidates[0]):
+                candidates = []
+            if not candidates:
+                if req.route == "rag":
+                    raise InvalidRequest("there is no collection you may read; name one with `collection`")
+                return signals
+        query = message
+        if rag.needs_condensing(message, history):
+            query = await rag.condense(self.backend, message, history)
+        depth = max(self.settings.rag.top_k * 2, 8)
+        best: RetrievalSignals | None = None
+        for collection in candidates:
+            chunks = await asyncio.to_thread(self.retriever.search, query, collection, principal, depth)
+            found = RetrievalSignals(collection=collection, chunks=chunks)
+            if best is None or found.top > best.top:
+                best = found
+        assert best is not None
+        signals.collection, signals.chunks = best.collection, best.chunks
+        return signals
+
+    async def _finish(self, turn: _Turn, result: Generation) -> DoneEvent:
+        usage = Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        )
+        turn.finish_reason = result.finish_reason
+        status = "cancelled" if result.finish_reason == "cancelled" else "complete"
+        await asyncio.to_thread(self._save_final, turn, status, None, usage.model_dump())
+        turn.saved = True
+        return DoneEvent(
+            conversation_id=turn.conversation_id or "",
+            message_id=turn.assistant_id or "",
+            finish_reason=result.finish_reason,
+            usage=usage,
+            logprobs=None if result.logprobs is None else [_logprobs_of(lp) for lp in result.logprobs],
+        )
+
+    def _save_final(
+        self,
+        turn: _Turn,
+        status: str,
+        error: dict[str, str] | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> None:
+        if turn.saved or turn.conversation_id is None:
+            return
+        turn.saved = True
+        fields: dict[str, Any] = {
+            "content": turn.text,
+            "status": status,
+            "sources": turn.sources,
+            "citations": turn.citations,
+            "finish_reason": turn.finish_reason,
+            "moderation": turn.moderation,
+            "error": error,
+            "usage": usage,
+        }
+        try:
+            if turn.assistant_id is not None:
+                self.store.update_message(turn.assistant_id, **fields)
+            elif turn.moderation and turn.moderation.get("stage") == "input" and turn.user_id:
+                self.store.update_message(turn.user_id, status="blocked", moderation=turn.moderation)
+            elif turn.user_id:  # failed before the answer began: record the failure as the answer
+                content = fields.pop("content")
+                turn.assistant_id = self.store.add_message(
+                    turn.conversation_id,
+                    "assistant",
+                    content,
+                    route=turn.route,
+                    adapter=turn.adapter,
+                    **fields,
+                )
+        except Exception:  # the store failing must not hide the original outcome
+            log.exception("could not save turn")
+
+    def _error(self, exc: EnclaveError, turn: _Turn) -> ErrorEvent:
+        self.metrics.errors.labels(exc.code).inc()
+        return ErrorEvent(
+            code=exc.code,  # type: ignore[arg-type]
+            message=exc.message,
+            conversation_id=turn.conversation_id,
+            message_id=turn.assistant_id,
+        )
+
+
+def _logprobs_of(lp: TokenLogprob) -> TokenLogprobs:
+    return TokenLogprobs(
+        token=lp.token,
+        bytes=list(lp.bytes),
+        logprob=lp.logprob,
+        top_logprobs=[TokenAlternative(token=t, bytes=list(b), logprob=v) for t, b, v in lp.top],
+    )
+
+
+class _Turn:
+    """What one run has produced so far, for the store."""
+
+    def __init__(self) -> None:
+        self.conversation_id: str | None = None
+        self.user_id: str | None = None
+        self.assistant_id: str | None = None
+        self.text = ""
+        self.route: str | None = None
+        self.adapter: str | None = None
+        self.sources: list[dict[str, Any]] = []
+        self.citations: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.moderation: dict[str, Any] | None = None
+        self.saved = False
+

@@ -1,1 +1,0 @@
-"""Enclave's knowledge base: load, chunk, embed, index and search documents."""

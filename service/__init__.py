@@ -1,1 +1,0 @@
-"""Enclave: the on-prem streaming chat service."""
