@@ -95,11 +95,8 @@ class State:
                 log.warning("adapter skipped: %s", problem)
 
     def _open_kb(self) -> Any:
-        try:
-            from enclave.knowledge.store import KnowledgeBase
-        except ImportError:
-            log.warning("knowledge base unavailable: the ingest package is not installed")
-            return None
+        from enclave.knowledge.store import KnowledgeBase
+
         kb = KnowledgeBase.from_settings(self.settings)
         if self.settings.rag.ingest_samples:
             from enclave.knowledge.samples import ensure_samples

@@ -60,10 +60,8 @@ def warmup() -> None:
 
         _, weights, fmt, _ = choose_weights(settings)
         typer.echo(f"llama.cpp weights ({fmt}, checked): {weights}")
-    try:
-        from enclave.knowledge.embedder import Embedder
-    except ImportError:
-        return
+    from enclave.knowledge.embedder import Embedder
+
     Embedder.from_settings(settings).embed(["warm up"])
     typer.echo("embedder: ok")
 
@@ -440,25 +438,18 @@ def _registered_domains(settings: Settings, exclude: set[str]) -> dict[str, Any]
     return out
 
 
-def _register_optional() -> None:
-    """Commands of the other parts, when their packages are importable."""
-    try:
-        from enclave.cli.docs import ingest_command, kb_app
-    except ImportError:
-        pass
-    else:
-        app.command("ingest")(ingest_command)
-        app.add_typer(kb_app, name="kb", help="List and delete knowledge-base documents.")
-    try:
-        from enclave.cli.tune import model_server_cmd, tune_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(tune_app, name="tune", help="Datasets, LoRA training and evaluation.")
-        app.command("model-server")(model_server_cmd)
+def _register_parts() -> None:
+    """The commands of the knowledge base and of tuning, which live beside the parts they drive."""
+    from enclave.cli.docs import ingest_command, kb_app
+    from enclave.cli.tune import model_server_cmd, tune_app
+
+    app.command("ingest")(ingest_command)
+    app.add_typer(kb_app, name="kb", help="List and delete knowledge-base documents.")
+    app.add_typer(tune_app, name="tune", help="Datasets, LoRA training and evaluation.")
+    app.command("model-server")(model_server_cmd)
 
 
-_register_optional()
+_register_parts()
 
 if __name__ == "__main__":
     app()
