@@ -169,8 +169,12 @@ class ChatPipeline:
                 yield self._error(exc, turn)
                 return
             async with ticket:
-                async for event in self._run(req, principal, cancel, turn):
-                    yield event
+                events = self._run(req, principal, cancel, turn)
+                try:
+                    async for event in events:
+                        yield event
+                finally:
+                    await events.aclose()  # a client that leaves closes the backend's stream now, not at GC
         except (asyncio.CancelledError, GeneratorExit):
             # The client went away: keep what was said, marked as cancelled.
             turn.finish_reason = "cancelled"
@@ -285,25 +289,23 @@ class ChatPipeline:
         stream = self.backend.stream(prompt, params, adapter=route.adapter, result=result)
         last_save = time.monotonic()
         first = True
+        timeout = self.settings.models.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(self.settings.models.request_timeout_s):
-                async for piece in stream:
-                    if first:
-                        self.metrics.ttft.observe(time.perf_counter() - started)
-                        first = False
-                    for text in await gate.push(piece):
-                        turn.text += text
-                        yield TokenEvent(text=text)
-                    if gate.blocked:
-                        break
-                    if cancel.is_set():
-                        result.finish_reason = "cancelled"
-                        break
-                    if time.monotonic() - last_save > SAVE_EVERY_S:
-                        last_save = time.monotonic()
-                        await asyncio.to_thread(self.store.update_message, turn.assistant_id, content=turn.text)
+            while (piece := await _next_piece(stream, cancel, deadline)) is not None:
+                if first:
+                    self.metrics.ttft.observe(time.perf_counter() - started)
+                    first = False
+                for text in await gate.push(piece):
+                    turn.text += text
+                    yield TokenEvent(text=text)
+                if gate.blocked or cancel.is_set():
+                    break
+                if time.monotonic() - last_save > SAVE_EVERY_S:
+                    last_save = time.monotonic()
+                    await asyncio.to_thread(self.store.update_message, turn.assistant_id, content=turn.text)
         except TimeoutError as exc:
-            raise Timeout(f"generation took longer than {self.settings.models.request_timeout_s:.0f} s") from exc
+            raise Timeout(f"generation took longer than {timeout:g} s") from exc
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         if not gate.blocked:
@@ -523,3 +525,26 @@ class _Turn:
         self.moderation: dict[str, Any] | None = None
         self.saved = False
 
+
+async def _next_piece(stream: AsyncIterator[str], cancel: asyncio.Event, deadline: float) -> str | None:
+    """The stream's next piece; None when it ended or `cancel` was set (a silent backend — a long prefill, a
+    full queue — is left at once); TimeoutError past `deadline`. The deadline covers only this wait, never
+    the caller's own sending of what it got (a timeout scope across a `yield` would cancel the caller)."""
+    if cancel.is_set():
+        return None
+    fetch = asyncio.ensure_future(anext(stream))
+    cancelled = asyncio.ensure_future(cancel.wait())
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait({fetch, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+        if not fetch.done():
+            fetch.cancel()  # the backend's stream ends here: CancelledError inside it, as on a disconnect
+            await asyncio.wait({fetch})
+    if fetch.cancelled():
+        return None
+    try:
+        return fetch.result()
+    except StopAsyncIteration:
+        return None
