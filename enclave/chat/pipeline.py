@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from enclave.chat import grounding, rag, structured
@@ -194,7 +194,7 @@ class ChatPipeline:
 
     async def _run(
         self, req: ChatRequest, principal: Principal, cancel: asyncio.Event, turn: _Turn
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         started = time.perf_counter()
         # 1. Input moderation, before anything else sees the text (or stores personal data).
         message = req.message

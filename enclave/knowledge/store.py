@@ -1,9 +1,4 @@
-"""The knowledge base: documents chunked by structure, embedded, indexed in Chroma, searched hybrid.
-
-One Chroma collection per Enclave collection (cosine HNSW). Every chunk carries its document's
-id, uri, title, section, page and content hash, so re-ingesting skips unchanged files, replaces
-changed ones and drops deleted ones. Search fuses dense and BM25 rankings by reciprocal rank.
-"""
+"""The knowledge base's store: Chroma collections, their documents, and versioned ingest of files into them."""
 
 from __future__ import annotations
 
@@ -12,22 +7,23 @@ import hashlib
 import logging
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from enclave.core.errors import Forbidden, InvalidRequest, NotFound
 from enclave.core.files import file_lock
 from enclave.core.protocols import Chunk, Principal
 from enclave.core.settings import Settings
+from enclave.knowledge.chroma import get_all
+from enclave.knowledge.chunking import chunk_document
 from enclave.knowledge.embedder import MODEL_NAME, Embedder
 from enclave.knowledge.loaders import Document, LoadError, kind_of, load
+from enclave.knowledge.search import BM25Cache, BM25Index, Mode, hybrid_search
 
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
-RRF_K = 60
 # Chroma's HNSW for new collections. Its defaults (M 16, ef_construction 100) lose chunks once a collection
 # holds many identical or near-identical ones (boilerplate repeated across documents, generated reference
 # pages): at 100k chunks with 7% duplicates, recall@10 against exact search fell to 0.93. Measured on those
@@ -35,33 +31,9 @@ RRF_K = 60
 # 0.967 with int8 vectors, M 48 gave 0.984 (~17% slower inserts, no slower queries), M 64 with
 # ef_construction 400 no better (0.985) at twice the build time.
 HNSW = {"hnsw:space": "cosine", "hnsw:M": 48, "hnsw:construction_ef": 200}
-# How stale the BM25 index may be after another process (say `enclave ingest` beside the server) wrote to
-# the collection: its chunk count is rechecked at most this often, because Chroma counts by scanning.
-RECOUNT_S = 1.0
-_WORD = re.compile(r"[A-Za-z0-9_]+")
 # Collection metadata naming the embedding runtime that wrote its vectors (collections made before it lack it).
 EMBEDDING_KEY = "enclave_embedding"
 log = logging.getLogger(__name__)
-# Rows per `get` when reading a whole collection: one `get` of ~100k rows overflows SQLite's bound variables.
-PAGE = 5_000
-Mode = Literal["dense", "bm25", "hybrid"]
-
-
-def get_all(col: Any, include: list[str], page: int = PAGE) -> dict[str, list[Any]]:
-    """Every row of a Chroma collection (ids plus `include`), read a page at a time, in storage order."""
-    out: dict[str, list[Any]] = {"ids": [], **{k: [] for k in include}}
-    offset = 0
-    while True:
-        got = col.get(include=include, limit=page, offset=offset)
-        for key in out:
-            out[key] += got[key] or []
-        if len(got["ids"]) < page:
-            return out
-        offset += page
-
-
-def tokenize(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text)]
 
 
 def doc_id_of(uri: str) -> str:
@@ -79,64 +51,6 @@ class IngestReport:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-class _BM25Index:
-    """Okapi BM25 (k1 1.5, b 0.75, negative idf floored at a quarter of the mean, as rank_bm25 does) with
-    every document's term weights precomputed in a sparse matrix: a query is a sum of a few columns,
-    a millisecond or two at ten thousand chunks instead of a Python loop over every document."""
-
-    K1, B, EPS = 1.5, 0.75, 0.25
-
-    def __init__(self, ids: list[str], texts: list[str]) -> None:
-        import numpy as np
-        from scipy import sparse
-
-        self.ids = ids
-        self.vocab: dict[str, int] = {}
-        self.matrix: Any = None
-        if not ids:
-            return
-        rows: list[int] = []
-        cols: list[int] = []
-        counts: list[int] = []
-        lengths = np.zeros(len(texts), dtype=np.float32)
-        for i, text in enumerate(texts):
-            tokens = tokenize(text) or ["_"]
-            lengths[i] = len(tokens)
-            for term, c in Counter(tokens).items():
-                rows.append(i)
-                cols.append(self.vocab.setdefault(term, len(self.vocab)))
-                counts.append(c)
-        n = len(texts)
-        tf = sparse.csr_matrix((np.asarray(counts, dtype=np.float32), (rows, cols)), shape=(n, len(self.vocab)))
-        df = np.bincount(np.asarray(cols), minlength=len(self.vocab)).astype(np.float64)
-        idf = np.log(n - df + 0.5) - np.log(df + 0.5)
-        idf[idf < 0] = self.EPS * idf.mean()
-        norm = self.K1 * (1 - self.B + self.B * lengths / lengths.mean())
-        row_of = np.repeat(np.arange(n), np.diff(tf.indptr))
-        tf.data = (tf.data * (self.K1 + 1) / (tf.data + norm[row_of]) * idf[tf.indices]).astype(np.float32)
-        self.matrix = tf.tocsc()
-
-    def top(self, query: str, n: int) -> list[tuple[str, float]]:
-        import numpy as np
-
-        cols = [self.vocab[t] for t in tokenize(query) if t in self.vocab]
-        if self.matrix is None or not cols or n <= 0:
-            return []
-        scores = np.asarray(self.matrix[:, cols].sum(axis=1)).ravel()
-        k = min(n, len(scores))
-        idx = np.argpartition(-scores, k - 1)[:k]
-        idx = idx[np.argsort(-scores[idx], kind="stable")]
-        return [(self.ids[i], float(scores[i])) for i in idx if scores[i] > 0]
-
-
-@dataclass
-class _BM25Cached:
-    version: int  # this process's change counter for the collection when the index was built
-    count: int  # the collection's chunk count then
-    index: _BM25Index
-    counted_at: float  # monotonic time of the last count
 
 
 class WriteLock:
@@ -170,6 +84,10 @@ class WriteLock:
 
 
 class KnowledgeBase:
+    """One Chroma collection per Enclave collection (cosine HNSW). Every chunk carries its document's id, uri,
+    title, section, page and content hash, so re-ingesting skips unchanged files, replaces changed ones and drops
+    deleted ones. Search is hybrid (enclave.knowledge.search)."""
+
     def __init__(
         self,
         client: Any,
@@ -186,8 +104,7 @@ class KnowledgeBase:
         self.chunk_overlap = chunk_overlap
         self.max_query = max_query
         self._write = WriteLock(lock_path)  # a single writer
-        self._bm25: dict[str, _BM25Cached] = {}
-        self._versions: dict[str, int] = {}
+        self._bm25 = BM25Cache()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KnowledgeBase:
@@ -271,7 +188,7 @@ class KnowledgeBase:
             self._changed(name)
 
     def _changed(self, collection: str) -> None:
-        self._versions[collection] = self._versions.get(collection, 0) + 1
+        self._bm25.changed(collection)
 
     # -- documents ------------------------------------------------------------------------------
     def list_documents(self, collection: str) -> list[dict[str, Any]]:
@@ -330,20 +247,7 @@ class KnowledgeBase:
     # -- ingestion --------------------------------------------------------------------------------
     def chunk(self, doc: Document) -> list[tuple[str, dict[str, Any]]]:
         """Chunks that never cross a heading or a page, each with its section and page."""
-        from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-        splitter = RecursiveCharacterTextSplitter(
-            chunk_size=self.chunk_size,
-            chunk_overlap=self.chunk_overlap,
-            separators=["\n\n", "\n", ". ", " ", ""],
-        )
-        out = []
-        for s in doc.sections:
-            for piece in splitter.split_text(s.text):
-                # The heading goes into the indexed text too: it is often the best match for a question.
-                text = f"{s.heading}\n{piece}" if s.heading and not piece.startswith(s.heading) else piece
-                out.append((text, {"section": s.heading, "page": s.page or 0}))
-        return out
+        return chunk_document(doc, self.chunk_size, self.chunk_overlap)
 
     def ingest_bytes(self, uri: str, data: bytes, collection: str, report: IngestReport | None = None) -> IngestReport:
         report = report or IngestReport()
@@ -448,28 +352,12 @@ class KnowledgeBase:
     def retriever(self) -> KnowledgeBase:
         return self
 
-    def _bm25_for(self, collection: str, col: Any) -> _BM25Index:
-        """The collection's BM25 index, rebuilt when this process changed the collection or its chunk count
-        moved (another process's writes). Counting scans Chroma's table (~10 ms at 100k chunks, three times
-        what the rest of a search costs), so it is redone at most every RECOUNT_S, not on every search."""
-        version = self._versions.get(collection, 0)
-        now = time.monotonic()
-        cached = self._bm25.get(collection)
-        if cached is not None and cached.version == version and now - cached.counted_at < RECOUNT_S:
-            return cached.index
-        count = col.count()
-        if cached is None or (cached.version, cached.count) != (version, count):
-            got = get_all(col, ["documents"])
-            cached = _BM25Cached(version, count, _BM25Index(list(got["ids"]), list(got["documents"])), now)
-            self._bm25[collection] = cached
-        cached.counted_at = now
-        return cached.index
+    def _bm25_for(self, collection: str, col: Any) -> BM25Index:
+        return self._bm25.index(collection, col)
 
     def search(
         self, query: str, collection: str, principal: Principal, k: int = 4, mode: Mode = "hybrid"
     ) -> list[Chunk]:
-        import numpy as np
-
         if not query or not query.strip():
             raise InvalidRequest("the query is empty")
         if len(query) > self.max_query:
@@ -479,44 +367,4 @@ class KnowledgeBase:
         if not principal.may_read(collection):
             raise Forbidden(f"you may not read collection '{collection}'")
         col = self._collection(collection)
-        depth = max(k * 4, 30)
-        qvec = self.embedder.embed([query])[0]
-        q = np.asarray(qvec, dtype=np.float32)
-        dense: list[str] = []
-        if mode in ("dense", "hybrid"):
-            # No count first: Chroma returns what there is (nothing from an empty collection).
-            res = col.query(query_embeddings=[qvec], n_results=depth, include=[])
-            dense = list(res["ids"][0])
-        lexical: list[tuple[str, float]] = []
-        if mode in ("bm25", "hybrid"):
-            lexical = self._bm25_for(collection, col).top(query, depth)
-        fused: dict[str, float] = {}
-        for rank, cid in enumerate(dense):
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        for rank, (cid, _) in enumerate(lexical):
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        top = sorted(fused, key=lambda c: -fused[c])[:k]
-        if not top:
-            return []
-        got = col.get(ids=top, include=["documents", "metadatas", "embeddings"])
-        bm25 = dict(lexical)
-        by_id = {}
-        for cid, text, meta, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
-            vec = np.asarray(emb, dtype=np.float32)
-            cos = float(np.dot(q, vec))
-            by_id[cid] = Chunk(
-                id=cid,
-                text=text,
-                title=str(meta["title"]),
-                uri=str(meta["uri"]),
-                score=round(fused[cid], 6),
-                metadata={
-                    "dense_score": round(cos, 4),
-                    "bm25_score": round(bm25.get(cid, 0.0), 4),
-                    "section": meta.get("section") or "",
-                    "page": meta.get("page") or None,
-                    "doc_id": meta["doc_id"],
-                },
-                embedding=vec,
-            )
-        return [by_id[c] for c in top]
+        return hybrid_search(col, self.embedder, lambda: self._bm25_for(collection, col), query, k, mode)
