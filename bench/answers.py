@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,6 +43,9 @@ from rich.table import Table
 from bench.machine import cpu_model
 from enclave.core.settings import Settings, offline_environment
 from enclave.core.stats import wilson
+
+if TYPE_CHECKING:
+    from enclave.knowledge.store import KnowledgeBase
 
 ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = Path("/usr/share/doc/python3.11/html/library")
@@ -216,6 +219,12 @@ class Runner:
 
         self.state = State(settings)
 
+    @property
+    def kb(self) -> KnowledgeBase:
+        """The knowledge base, which `start` opened."""
+        assert self.state.kb is not None, "Runner.start loads the knowledge base"
+        return self.state.kb
+
     async def start(self) -> None:
         await self.state.load()
         if not self.state.ready:
@@ -224,7 +233,7 @@ class Runner:
     def passages(self, collection: str, ids: list[str]) -> list[str]:
         if not ids:
             return []
-        got = self.state.kb._collection(collection).get(ids=ids, include=["documents"])
+        got = self.kb._collection(collection).get(ids=ids, include=["documents"])
         by_id = dict(zip(got["ids"], got["documents"], strict=True))
         return [by_id.get(i, "") for i in ids]
 
@@ -399,7 +408,7 @@ def _answer_ms(r: dict[str, Any]) -> float | None:
 
 
 def ingest(runner: Runner, corpus: str, docs: list[tuple[str, bytes]], console: Console) -> None:
-    kb = runner.state.kb
+    kb = runner.kb
     existing = kb._collection(corpus, create=True).count()
     if existing:
         return
@@ -534,7 +543,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {**q, "id": "none:" + q["entity"], "unanswerable": True}
             for q in spread([q for q in py_qs if q["id"] not in picked], args.unanswerable)
         ]
-    embed = runner.state.kb.embedder.embed
+    embed = runner.kb.embedder.embed
     # Each answer is appended here as it is scored, so a run that stops resumes where it was (same label).
     partial = args.out.with_suffix(".partial.jsonl")
     done_before: dict[str, dict[str, Any]] = {}
@@ -567,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     asyncio.run(run_all())
     from enclave.chat.rag import rag_prompt_of
-    from enclave.engine.transformers_engine import base_gguf
+    from enclave.engine.modelfiles import base_gguf
 
     m = settings.models
     result: dict[str, Any] = {
@@ -575,7 +584,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "model": f"{m.name} ({base_gguf(settings).name})",
-        "engine": getattr(runner.state.backend, "engine_status", None),
+        "engine": runner.state.backend.engine_status,
         "prompt": rag_prompt_of(settings),
         "decoding": {
             k: v

@@ -35,11 +35,9 @@ TARGET_CHUNKS_PER_S = 100
 
 def chunks(n: int, chunk_size: int) -> list[str]:
     """The first `n` chunks Enclave's chunker makes of the sources (sorted files, so every run is the same)."""
+    from enclave.knowledge.chunking import chunk_document
     from enclave.knowledge.loaders import LoadError, kind_of, load
-    from enclave.knowledge.store import KnowledgeBase
 
-    splitter = KnowledgeBase.__new__(KnowledgeBase)  # only its chunker: no store, no embedder
-    splitter.chunk_size, splitter.chunk_overlap = chunk_size, chunk_size // 10
     out: list[str] = []
     for root in SOURCES:
         if not root.is_dir():
@@ -49,7 +47,7 @@ def chunks(n: int, chunk_size: int) -> list[str]:
                 doc = load(path.name, path.read_bytes())
             except LoadError:
                 continue
-            out += [text for text, _ in splitter.chunk(doc)]
+            out += [text for text, _ in chunk_document(doc, chunk_size, chunk_size // 10)]
             if len(out) >= n:
                 return out[:n]
     return out

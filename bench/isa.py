@@ -47,7 +47,7 @@ print(json.dumps({"text": out["choices"][0]["text"], "info": llama_cpp.llama_pri
 def weight_files(cache: Path) -> dict[str, Path]:
     """The shipped Q4_1 file and the engine's re-encodings of it (made by `make setup`'s engine check)."""
     from enclave.core.settings import Settings
-    from enclave.engine.transformers_engine import base_gguf
+    from enclave.engine.modelfiles import base_gguf
 
     shipped = base_gguf(Settings())  # the default catalogue model as shipped (SmolLM2's Q4_1)
     files = {"original": shipped}

@@ -13,7 +13,7 @@ import pytest
 from enclave.core.errors import BackendUnavailable
 from enclave.core.settings import Settings
 from enclave.engine.catalog import CATALOG, installed, locate, part_files
-from enclave.engine.transformers_engine import base_gguf
+from enclave.engine.modelfiles import base_gguf
 
 QWEN = CATALOG["qwen2.5-coder-0.5b-instruct"]
 

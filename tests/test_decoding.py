@@ -107,7 +107,7 @@ def test_the_guard_fires_where_a_loop_first_covers_its_thresholds() -> None:
 @pytest.fixture(scope="module")
 def tokenizer() -> Iterator[Any]:
     from enclave.core.settings import Settings
-    from enclave.engine.transformers_engine import load_tokenizer
+    from enclave.engine.modelfiles import load_tokenizer
     from tests.conftest import MODEL_CACHE
 
     yield load_tokenizer(Settings(models={"cache_dir": str(MODEL_CACHE)}))  # type: ignore[arg-type]

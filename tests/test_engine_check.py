@@ -21,8 +21,8 @@ from enclave.core.cpu import X86_NEVER, cmake_args, variant_for
 from enclave.core.protocols import GenerationParams, Message
 from enclave.core.settings import Settings
 from enclave.engine.llamacpp import LlamaCppBackend, weights_path
+from enclave.engine.modelfiles import converted_model_dir
 from enclave.engine.smoke import SmokeChecks, run_check
-from enclave.engine.transformers_engine import converted_model_dir
 from tests.conftest import MODEL_CACHE, Server
 
 FORMATS = ["auto", "bf16", "q8_0", "original"]

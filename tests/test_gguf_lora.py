@@ -32,7 +32,7 @@ from enclave.engine.gguf_lora import (
     convert_peft_to_gguf,
     ensure_gguf_adapter,
 )
-from enclave.engine.transformers_engine import base_gguf
+from enclave.engine.modelfiles import base_gguf
 from tests.conftest import MODEL_CACHE
 
 BASE = base_gguf(Settings())  # the shipped SmolLM2-135M-Instruct.Q4_1.gguf
@@ -254,7 +254,7 @@ class LlamaRunner:
 @pytest.fixture(scope="module", params=BASES)
 def base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
     """(settings serving that base, its GGUF file)."""
-    from enclave.engine.transformers_engine import base_gguf
+    from enclave.engine.modelfiles import base_gguf
 
     settings = Settings(
         data_dir=str(tmp_path_factory.mktemp("data")),
@@ -265,7 +265,7 @@ def base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def hf(base: tuple[Settings, Path]) -> tuple[Any, Any, list[int]]:
-    from enclave.engine.transformers_engine import load_model
+    from enclave.engine.modelfiles import load_model
 
     tokenizer, model, _ = load_model(base[0])
     ids = list(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True))

@@ -219,7 +219,7 @@ def test_sampling_fields_are_honoured(qwen: Server) -> None:
 def _first_token(server: Server, text: str) -> int:
     """The id of the first token of `text` in the served model's vocabulary."""
     from enclave.core.settings import Settings
-    from enclave.engine.transformers_engine import load_tokenizer
+    from enclave.engine.modelfiles import load_tokenizer
 
     settings = Settings(models={"base": DEFAULT_BASE_MODEL, "cache_dir": str(server.env["ENCLAVE_MODELS__CACHE_DIR"])})
     ids = load_tokenizer(settings).encode(text, add_special_tokens=False)

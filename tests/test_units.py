@@ -17,7 +17,7 @@ from enclave.chat.schema import ChatRequest
 from enclave.core.errors import Overloaded
 from enclave.core.protocols import Chunk, Verdict
 from enclave.core.settings import RouterSettings, Settings
-from enclave.engine.transformers_engine import StopMatcher
+from enclave.engine.prompting import StopMatcher
 
 
 def test_stop_matcher_holds_back_a_possible_stop() -> None:

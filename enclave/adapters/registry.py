@@ -22,7 +22,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class AdapterHost(Protocol):
-    """What a backend that serves adapters in process offers the registry."""
+    """What the registry needs of a backend that loads adapters in this process: a `GenerationBackend` with
+    `loads_adapters` set (the app passes None for the others), or a test's fake."""
 
     def list_adapters(self) -> list[str]: ...
     async def add_adapter(self, name: str, path: Path) -> None: ...

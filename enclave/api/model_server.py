@@ -21,7 +21,7 @@ from enclave.adapters.registry import AdapterRegistry
 from enclave.api import errors
 from enclave.api.auth import Authenticator
 from enclave.core.errors import BackendUnavailable, EnclaveError, NotFound
-from enclave.core.protocols import Generation, GenerationParams
+from enclave.core.protocols import Generation, GenerationParams, LocalBackend
 from enclave.core.settings import Settings, offline_environment
 from enclave.engine.build import build_local_backend
 
@@ -56,7 +56,7 @@ class TGIRequest(BaseModel):
 class ModelServerState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.backend = build_local_backend(settings)
+        self.backend: LocalBackend = build_local_backend(settings)
         self.auth = Authenticator(settings.auth)
         self.registry: AdapterRegistry | None = None
         self.ready = False
@@ -120,7 +120,7 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
         return {
             "model_id": settings.models.name,
             "model_sha": sha,
-            "model_dtype": getattr(st.backend, "dtype", "float32"),
+            "model_dtype": st.backend.dtype,
             "model_device_type": "cpu",
             "max_input_tokens": settings.models.context_tokens - 1,
             "max_total_tokens": settings.models.context_tokens,

@@ -45,6 +45,24 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+# Probes hit these every few seconds; their access lines would bury what the log has to say.
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _not_a_probe(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (len(args) >= 3 and str(args[2]).split("?")[0] in PROBE_PATHS)
+
+
+def configure_logging(level: str) -> None:
+    """One line per event, timestamped; what a person needs at start (model, engine, weights, embedder,
+    collections) and nothing of the libraries' own chatter."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("sentence_transformers", "transformers", "httpx", "chromadb"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("uvicorn.access").addFilter(_not_a_probe)
+
+
 def run(app: FastAPI, settings: Settings, host: str, port: int, log_level: str) -> None:
     config = uvicorn.Config(
         app,

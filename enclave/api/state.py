@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
+from enclave.adapters.registry import AdapterRegistry
 from enclave.api.auth import Authenticator
 from enclave.chat.conversations import SqlConversationStore
 from enclave.chat.limits import KeyLimits
 from enclave.chat.metrics import Metrics
 from enclave.chat.pipeline import ChatPipeline
+from enclave.core.protocols import GenerationBackend
 from enclave.core.settings import Settings
 from enclave.engine.build import build_backend
+
+if TYPE_CHECKING:  # imported when first opened: the store brings Chroma and the embedder
+    from enclave.knowledge.store import KnowledgeBase
 
 log = logging.getLogger("enclave")
 
@@ -27,9 +32,9 @@ class State:
         self.metrics = Metrics()
         self.auth = Authenticator(settings.auth)
         self.store = SqlConversationStore(settings.database_url)
-        self.backend: Any = build_backend(settings)
-        self.kb: Any = None
-        self.registry: Any = None
+        self.backend: GenerationBackend = build_backend(settings)
+        self.kb: KnowledgeBase | None = None  # set once loaded
+        self.registry: AdapterRegistry | None = None  # set once loaded
         self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
         if self.auth.enabled:
             self.pipeline.key_limits = KeyLimits(settings.limits, settings.storage.redis_url)
@@ -67,14 +72,12 @@ class State:
         if "backend" not in self._loaded:
             await self.backend.aload()
             self._loaded.add("backend")
-        if self.registry is None:
-            await self._open_registry()
+        registry = self.registry if self.registry is not None else await self._open_registry()
         if self.kb is None:
-            self.kb = await asyncio.to_thread(self._open_kb)
-            if self.kb is not None:
-                self.pipeline.retriever = self.kb.retriever()
-                self.pipeline.collections = self.kb.collection_names
-                self.pipeline.embed = self.kb.embedder.embed
+            kb = self.kb = await asyncio.to_thread(self._open_kb)
+            self.pipeline.retriever = kb.retriever()
+            self.pipeline.collections = kb.collection_names
+            self.pipeline.embed = kb.embedder.embed
         if self.settings.moderation.enabled and self.pipeline.moderator is None:
             from enclave.moderation import build_moderator
 
@@ -82,19 +85,18 @@ class State:
             self.pipeline.moderator = await asyncio.to_thread(
                 build_moderator, self.settings.moderation, self.backend, self.pipeline.embed
             )
-        self.pipeline.domains = self.registry.domains
+        self.pipeline.domains = registry.domains
 
-    async def _open_registry(self) -> None:
-        from enclave.adapters.registry import AdapterRegistry
-
-        host = self.backend if hasattr(self.backend, "add_adapter") else None
-        base_sha = getattr(self.backend, "base_sha256", None)
-        self.registry = AdapterRegistry(self.settings.adapters_path, host, base_sha)
+    async def _open_registry(self) -> AdapterRegistry:
+        # A backend that loads adapters in this process hosts them; the others serve their server's own.
+        host = self.backend if self.backend.loads_adapters else None
+        registry = self.registry = AdapterRegistry(self.settings.adapters_path, host, self.backend.base_sha256)
         if host is not None and self.settings.adapters.autoload:
-            for problem in await self.registry.load_all():
+            for problem in await registry.load_all():
                 log.warning("adapter skipped: %s", problem)
+        return registry
 
-    def _open_kb(self) -> Any:
+    def _open_kb(self) -> KnowledgeBase:
         from enclave.knowledge.store import KnowledgeBase
 
         kb = KnowledgeBase.from_settings(self.settings)

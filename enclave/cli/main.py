@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -38,10 +37,10 @@ def serve(
 ) -> None:
     """Serve the chat API and page."""
     from enclave.api.app import create_app
-    from enclave.api.server import run
+    from enclave.api.server import configure_logging, run
 
     settings = _settings()
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     run(create_app(settings), settings, host or settings.server.host, port or settings.server.port, log_level)
 
 
@@ -50,7 +49,7 @@ def warmup() -> None:
     """Convert the base model into the model cache and load the embedder, so starts are fast."""
     import importlib.util
 
-    from enclave.engine.transformers_engine import load_model
+    from enclave.engine.modelfiles import load_model
 
     settings = _settings()
     _, _, path = load_model(settings)
@@ -77,8 +76,8 @@ def engine_check() -> None:
 
     from enclave.core.cpu import isa_summary
     from enclave.engine.llamacpp import check_format, format_order, smoke_checks
+    from enclave.engine.modelfiles import converted_model_dir
     from enclave.engine.smoke import explain, llama_library_dir
-    from enclave.engine.transformers_engine import converted_model_dir
 
     settings = _settings()
     gguf, _ = converted_model_dir(settings)
@@ -268,7 +267,7 @@ def models_list() -> None:
 @models_app.command("path")
 def models_path() -> None:
     """The configured base model's GGUF file (assembled from its parts and checked, the first time)."""
-    from enclave.engine.transformers_engine import base_gguf
+    from enclave.engine.modelfiles import base_gguf
 
     typer.echo(str(base_gguf(_settings())))
 

@@ -83,7 +83,7 @@ def dataset_cmd(
 
                 from enclave.engine.build import build_backend
 
-                backend: Any = build_backend(settings)
+                backend = build_backend(settings)
                 asyncio.run(backend.aload())
                 task = bar.add_task("writing pairs", total=len(chunks), info=settings.models.name)
                 pairs = asyncio.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -91,10 +92,45 @@ class TokenLogprob:
 
 @runtime_checkable
 class GenerationBackend(Protocol):
+    """A model that writes answers, over its whole life: loaded once (`aload`), asked for answers (`stream`),
+    probed (`health`), given adapters where it runs them itself (`loads_adapters`), and closed.
+
+    Every backend in enclave/engine satisfies it (build.py assigns each to a variable of this type).
+    """
+
     name: str
     # Whether it honours GenerationParams.output, .logit_bias and .logprobs (the pipeline refuses them
     # otherwise): they need a sampler of the backend's own.
     constrained: bool
+    # Whether `add_adapter` and `remove_adapter` load adapters into this process's model. False: the backend
+    # serves only the adapters its server has (or none), and those two raise InvalidRequest.
+    loads_adapters: bool
+
+    async def aload(self) -> None:
+        """Load the model (or reach its server); raises when it cannot, and may be called again after that."""
+        ...
+
+    def close(self) -> None: ...
+
+    async def health(self) -> bool: ...
+
+    @property
+    def base_sha256(self) -> str | None:
+        """The sha256 of the base model's file, which adapters must name (None: unknown here)."""
+        ...
+
+    @property
+    def engine_status(self) -> dict[str, Any] | None:
+        """What /readyz reports of the engine: the llama.cpp weight format, asked for and running (None: none)."""
+        ...
+
+    def list_adapters(self) -> list[str]: ...
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        """Load the peft adapter in folder `path` under `name` (only where `loads_adapters`)."""
+        ...
+
+    async def remove_adapter(self, name: str) -> None: ...
 
     def stream(
         self,
@@ -107,11 +143,26 @@ class GenerationBackend(Protocol):
         sent to the model as it is (no chat template): plain completions."""
         ...
 
-    async def health(self) -> bool: ...
-
-    def list_adapters(self) -> list[str]: ...
-
     def count_tokens(self, text: str) -> int: ...
+
+
+class LocalBackend(GenerationBackend, Protocol):
+    """An engine running the model in this process (llama.cpp or transformers): what the model server serves."""
+
+    @property
+    def dtype(self) -> str:
+        """The weights the engine runs ("bf16", "q8_0", "float32", …), for the model server's /info."""
+        ...
+
+    def stream_tokens(
+        self,
+        prompt: Sequence[Message] | str,
+        params: GenerationParams,
+        adapter: str | None = None,
+        result: Generation | None = None,
+    ) -> AsyncIterator[tuple[str, int]]:
+        """`stream`'s pieces, each with the id of the last token it ends with (-1: none yet)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
 
-from enclave.core.errors import NotFound
+from enclave.core.errors import InvalidRequest, NotFound
 from enclave.core.protocols import Generation, GenerationParams, Message
 from enclave.core.settings import Settings
 
@@ -17,6 +19,9 @@ from enclave.core.settings import Settings
 class EchoBackend:
     name = "echo"
     constrained = False
+    loads_adapters = False
+    base_sha256: str | None = None
+    engine_status: dict[str, Any] | None = None
 
     def __init__(self, settings: Settings) -> None:
         self.rate = settings.models.echo_tokens_per_second
@@ -34,6 +39,12 @@ class EchoBackend:
 
     def list_adapters(self) -> list[str]:
         return list(self.adapters)
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        raise InvalidRequest("the echo backend cannot load adapters")
+
+    async def remove_adapter(self, name: str) -> None:
+        raise InvalidRequest("the echo backend cannot unload adapters")
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())

@@ -49,7 +49,8 @@ def _quiet_llama(llama_cpp: Any) -> None:
     @llama_cpp.llama_log_callback
     def _cb(level: int, text: bytes, _user: Any) -> None:
         # "n_ctx_seq > n_ctx_train": a shared KV cache spans all slots, but no sequence may outgrow its own share.
-        if level in (3, 4) and text and b"n_ctx_seq" not in text:
+        # "control-looking token": a note on the GGUF's token types that llama.cpp corrects itself.
+        if level in (3, 4) and text and b"n_ctx_seq" not in text and b"control-looking token" not in text:
             log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
     _LOG_CB = _cb

@@ -21,17 +21,12 @@ from typing import Any
 from enclave.core.errors import BackendUnavailable, InvalidRequest, NotFound
 from enclave.core.protocols import Generation, GenerationParams, Message, TokenLogprob
 from enclave.core.settings import Settings
+from enclave.engine.catalog import file_sha256
 from enclave.engine.grammar import GrammarMask, gbnf_of
 from enclave.engine.llama_engine import EngineRequest, Finish, LlamaEngine, Sampling, convert_weights
+from enclave.engine.modelfiles import converted_model_dir, load_tokenizer
+from enclave.engine.prompting import PromptTools, StopMatcher, penalties_of
 from enclave.engine.smoke import SmokeChecks, SmokeResult, explain
-from enclave.engine.transformers_engine import (
-    PromptTools,
-    StopMatcher,
-    converted_model_dir,
-    file_sha256,
-    load_tokenizer,
-    penalties_of,
-)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +157,7 @@ def choose_weights(settings: Settings, checks: SmokeChecks | None = None) -> tup
 class LlamaCppBackend(PromptTools):
     name = "local"
     constrained = True  # the engine's own sampler: output grammars, logit_bias and logprobs
+    loads_adapters = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -264,7 +260,7 @@ class LlamaCppBackend(PromptTools):
         except ValueError as exc:
             raise InvalidRequest(f"the output format cannot be enforced: {exc}") from exc
 
-    async def stream_tokens(  # type: ignore[override]
+    async def stream_tokens(
         self,
         prompt: Sequence[Message] | str,
         params: GenerationParams,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from enclave.core.errors import BackendUnavailable, NotFound
+from enclave.core.errors import BackendUnavailable, InvalidRequest, NotFound
 from enclave.core.protocols import Generation, GenerationParams, Message
 from enclave.core.settings import Settings
 
@@ -18,6 +19,9 @@ from enclave.core.settings import Settings
 class OpenAIBackend:
     name = "openai"
     constrained = False
+    loads_adapters = False  # the server serves its adapters as models (vLLM's --lora-modules)
+    base_sha256: str | None = None
+    engine_status: dict[str, Any] | None = None
 
     def __init__(self, settings: Settings) -> None:
         from openai import AsyncOpenAI
@@ -63,6 +67,12 @@ class OpenAIBackend:
 
     def list_adapters(self) -> list[str]:
         return list(self._adapters)
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        raise InvalidRequest("the openai backend cannot load adapters: its server serves them as models")
+
+    async def remove_adapter(self, name: str) -> None:
+        raise InvalidRequest("the openai backend cannot unload adapters: its server serves them as models")
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)  # the server counts exactly; this only budgets history

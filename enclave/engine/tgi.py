@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,6 +66,9 @@ class AdapterClient(AsyncClient):
 class TGIBackend:
     name = "tgi"
     constrained = False
+    loads_adapters = False  # the model server loads them; this backend lists what it serves
+    base_sha256: str | None = None
+    engine_status: dict[str, Any] | None = None
 
     def __init__(self, settings: Settings) -> None:
         if not settings.models.url:
@@ -81,7 +85,7 @@ class TGIBackend:
     async def aload(self) -> None:
         import asyncio
 
-        from enclave.engine.transformers_engine import load_tokenizer
+        from enclave.engine.modelfiles import load_tokenizer
 
         self.tokenizer = await asyncio.to_thread(load_tokenizer, self.settings)
         await self._refresh(force=True)
@@ -111,6 +115,12 @@ class TGIBackend:
 
     def list_adapters(self) -> list[str]:
         return list(self._adapters)
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        raise InvalidRequest(f"the tgi backend cannot load adapters: load them on the model server at {self.url}")
+
+    async def remove_adapter(self, name: str) -> None:
+        raise InvalidRequest(f"the tgi backend cannot unload adapters: unload them on the model server at {self.url}")
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False)) if self.tokenizer else len(text) // 4

@@ -1,7 +1,7 @@
-"""In-process generation with the small GGUF model: the shared prompt tools and the transformers engine.
+"""The transformers engine: in-process generation one request at a time, the fallback without llama.cpp.
 
 `build_local_backend` (in `enclave/engine/build.py`) picks the engine: llama.cpp with continuous batching
-(`llamacpp.py`) when llama-cpp-python is installed, else transformers, where one worker thread owns the model, so
+(`llamacpp.py`) when llama-cpp-python is installed, else this one, where one worker thread owns the model, so
 generations run one at a time and never block the event loop; tokens cross into asyncio through
 a queue, and a closed stream stops its generation within one decode step.
 """
@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import logging
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,181 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from enclave.core.errors import BackendUnavailable, InvalidRequest, NotFound
-from enclave.core.files import atomic_path
+from enclave.core.errors import BackendUnavailable, NotFound
 from enclave.core.protocols import Generation, GenerationParams, Message
 from enclave.core.settings import Settings
-from enclave.engine.catalog import CATALOG, file_sha256, locate
-from enclave.engine.decoding import LoopGuard, Penalties, PenaltyState
-
-log = logging.getLogger(__name__)
+from enclave.engine.decoding import LoopGuard, PenaltyState
+from enclave.engine.modelfiles import base_model_sha256, load_model
+from enclave.engine.prompting import PromptTools, StopMatcher, penalties_of
 
 _DONE = object()
-
-
-def base_gguf(settings: Settings) -> Path:
-    """The GGUF file of the base model: the operator's own (models.gguf_dir), or one from the catalogue."""
-    m = settings.models
-    if m.gguf_dir:
-        given = Path(m.gguf_dir).expanduser()
-        if given.is_file():
-            return given
-        if m.gguf_file:
-            path = given / m.gguf_file
-            if not path.is_file():
-                raise BackendUnavailable(f"model file not found: {path}")
-            return path
-        found = sorted(given.glob("*.gguf")) if given.is_dir() else []
-        if len(found) != 1:
-            what = ", ".join(f.name for f in found) or "no .gguf file"
-            raise BackendUnavailable(f"models.gguf_dir {given} holds {what}: set models.gguf_file to one GGUF file")
-        return found[0]
-    model = CATALOG.get(m.base)
-    if model is None:
-        raise BackendUnavailable(f"unknown base model {m.base!r}; the catalogue has: {', '.join(CATALOG)}")
-    return locate(model, settings.model_cache_path)
-
-
-def converted_model_dir(settings: Settings) -> tuple[Path, Path]:
-    """(gguf path, cache folder) — the cache key covers the file and the transformers version."""
-    import transformers
-
-    gguf = base_gguf(settings)
-    stat = gguf.stat()
-    key = hashlib.sha256(
-        f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{transformers.__version__}".encode()
-    ).hexdigest()[:16]
-    return gguf, settings.model_cache_path / f"{gguf.stem}-{key}"
-
-
-SOURCE_FILE = "enclave-source.json"
-
-
-def base_model_sha256(model_dir: Path) -> str:
-    """The GGUF's hash, recorded at conversion: adapters name the exact base they were trained on."""
-    return str(json.loads((model_dir / SOURCE_FILE).read_text())["sha256"])
-
-
-def load_model(settings: Settings) -> tuple[Any, Any, Path]:
-    """Load tokenizer and model; the first load converts the GGUF (~30 s), later loads take a second."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf, cache = converted_model_dir(settings)
-    if (cache / "config.json").is_file() and (cache / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(cache)
-        model = AutoModelForCausalLM.from_pretrained(cache)
-    else:
-        log.info("converting %s once into %s", gguf.name, cache)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        shutil.rmtree(cache, ignore_errors=True)  # what an interrupted conversion of an older version left
-        # A folder of this process's own: two processes converting at once never write into the same one, and
-        # the first to finish wins.
-        with atomic_path(cache, directory=True, overwrite=False) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf)}))
-    model.eval()
-    return tokenizer, model, cache
-
-
-def load_tokenizer(settings: Settings) -> Any:
-    """Only the tokenizer (for chat templates in front of a remote server)."""
-    from transformers import AutoTokenizer
-
-    gguf, cache = converted_model_dir(settings)
-    if (cache / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(cache)
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-
-
-class StopMatcher:
-    """Releases text as it grows, holding back a tail that could still become a stop string."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-
-    def split(self, text: str) -> tuple[str, bool]:
-        """(text safe to release, whether a stop string was hit)."""
-        hit = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if hit >= 0:
-            return text[:hit], True
-        hold = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:n]):
-                    hold = max(hold, n)
-                    break
-        return text[: len(text) - hold], False
-
-
-def penalties_of(params: GenerationParams) -> Penalties:
-    return Penalties(params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
-
-
-class PromptTools:
-    """What both in-process engines share: the tokenizer, the chat template, stop tokens and the context fit."""
-
-    settings: Settings
-    tokenizer: Any = None
-    _stop_ids: set[int]
-
-    def _init_tokenizer(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        ids = {tokenizer.eos_token_id}
-        for tok in ("<|im_end|>", "<|endoftext|>"):
-            tid = tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-                ids.add(tid)
-        # The GGUF's metadata names <|im_start|> as EOS; a new turn starting is also the end of ours.
-        self._stop_ids = {i for i in ids if i is not None}
-
-    def count_tokens(self, text: str) -> int:
-        if self.tokenizer is None:
-            return max(1, len(text) // 4)
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def chat_prompt(self, messages: Sequence[Message]) -> list[int]:
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        ids: list[int] = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        return ids
-
-    def prompt_ids(self, prompt: Sequence[Message] | str, max_new: int) -> list[int]:
-        """Chat messages or a raw, already templated prompt, as ids that leave room for the answer."""
-        raw = (
-            self.tokenizer.encode(prompt, add_special_tokens=False)
-            if isinstance(prompt, str)
-            else self.chat_prompt(prompt)
-        )
-        return self.fit(raw, max_new)
-
-    def fit(self, ids: list[int], max_new: int) -> list[int]:
-        budget = self.settings.models.context_tokens - max_new
-        if budget < 16:
-            raise InvalidRequest(f"max_tokens {max_new} leaves no room for the prompt")
-        return ids[-budget:] if len(ids) > budget else ids  # keep the end: the question
-
-    def stream_tokens(
-        self,
-        prompt: Sequence[Message] | str,
-        params: GenerationParams,
-        adapter: str | None = None,
-        result: Generation | None = None,
-    ) -> AsyncIterator[tuple[str, int]]:
-        raise NotImplementedError
-
-    async def stream(
-        self,
-        messages: Sequence[Message] | str,
-        params: GenerationParams,
-        adapter: str | None = None,
-        result: Generation | None = None,
-    ) -> AsyncIterator[str]:
-        # aclosing: a client that stops reading cancels the generation now, not when the generator is collected.
-        tokens: Any = self.stream_tokens(messages, params, adapter, result)
-        async with contextlib.aclosing(tokens):
-            async for text, _ in tokens:
-                yield text
 
 
 class TransformersBackend(PromptTools):
@@ -207,6 +36,9 @@ class TransformersBackend(PromptTools):
 
     name = "local"
     constrained = False
+    loads_adapters = True
+    dtype = "float32"  # transformers dequantizes the GGUF to float32
+    engine_status: dict[str, Any] | None = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -274,7 +106,7 @@ class TransformersBackend(PromptTools):
             self.model.delete_adapter(name)
 
     # -- generation -------------------------------------------------------------------------
-    async def stream_tokens(  # type: ignore[override]
+    async def stream_tokens(
         self,
         prompt: Sequence[Message] | str,
         params: GenerationParams,

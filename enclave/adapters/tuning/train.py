@@ -122,7 +122,7 @@ def train(
     from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from enclave.engine.transformers_engine import base_model_sha256, load_model
+    from enclave.engine.modelfiles import base_model_sha256, load_model
 
     check_name(name)
     pairs = [p for p in load_pairs(dataset) if p.split == "train"]

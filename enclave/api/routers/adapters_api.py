@@ -6,18 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from enclave.api.routers.deps import get_state, principal
-from enclave.core.errors import BackendUnavailable, Forbidden
+from enclave.api.routers.deps import principal, registry_of
+from enclave.core.errors import Forbidden
 from enclave.core.protocols import Principal
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
-
-
-def _registry(request: Request) -> Any:
-    registry = get_state(request).registry
-    if registry is None:
-        raise BackendUnavailable("the adapter registry is not ready yet")
-    return registry
 
 
 def _admin(who: Principal) -> None:
@@ -27,18 +20,17 @@ def _admin(who: Principal) -> None:
 
 @router.get("")
 async def list_adapters(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    return {"object": "list", "data": _registry(request).available()}
+    return {"object": "list", "data": registry_of(request).available()}
 
 
 @router.post("/{name}/load")
 async def load_adapter(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     _admin(who)
-    entry: dict[str, Any] = await _registry(request).load(name)
-    return entry
+    return await registry_of(request).load(name)
 
 
 @router.delete("/{name}", status_code=204)
 async def unload_adapter(name: str, request: Request, who: Principal = Depends(principal)) -> Response:
     _admin(who)
-    await _registry(request).unload(name)
+    await registry_of(request).unload(name)
     return Response(status_code=204)

@@ -1,19 +1,40 @@
-"""Shared request dependencies: the app state and the caller's principal."""
+"""Shared request dependencies: the app state, its knowledge base and adapter registry, and the caller's principal."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from enclave.adapters.registry import AdapterRegistry
 from enclave.api.state import State
 from enclave.core.errors import BackendUnavailable
 from enclave.core.protocols import Principal
+
+if TYPE_CHECKING:
+    from enclave.knowledge.store import KnowledgeBase
 
 
 def get_state(request: Request) -> State:
     state: State = request.app.state.enclave
     return state
+
+
+def kb_of(request: Request) -> KnowledgeBase:
+    """The knowledge base; BackendUnavailable (503) until the app has opened it."""
+    kb = get_state(request).kb
+    if kb is None:
+        raise BackendUnavailable("the knowledge base is not ready yet")
+    return kb
+
+
+def registry_of(request: Request) -> AdapterRegistry:
+    """The adapter registry; BackendUnavailable (503) until loaded. The app and the model server both mount the
+    adapters router, and each state holds a registry: `registry: AdapterRegistry | None`."""
+    registry: AdapterRegistry | None = request.app.state.enclave.registry
+    if registry is None:
+        raise BackendUnavailable("the adapter registry is not ready yet")
+    return registry
 
 
 def principal(request: Request) -> Principal:

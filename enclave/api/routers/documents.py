@@ -8,18 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
-from enclave.api.routers.deps import get_state, principal
-from enclave.core.errors import BackendUnavailable, Forbidden, InvalidRequest
+from enclave.api.routers.deps import kb_of, principal
+from enclave.core.errors import Forbidden, InvalidRequest
 from enclave.core.protocols import Principal
 
 router = APIRouter(tags=["knowledge base"])
-
-
-def _kb(request: Request) -> Any:
-    kb = get_state(request).kb
-    if kb is None:
-        raise BackendUnavailable("the knowledge base is not ready yet")
-    return kb
 
 
 def _readable(who: Principal, collection: str) -> None:
@@ -40,7 +33,7 @@ async def upload(
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     _admin(who)
-    kb = _kb(request)
+    kb = kb_of(request)
     kb.check_collection(collection)
     from enclave.knowledge.store import IngestReport
 
@@ -56,21 +49,21 @@ async def upload(
 
 @router.get("/v1/collections")
 async def collections(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    rows = await asyncio.to_thread(_kb(request).list_collections)
+    rows = await asyncio.to_thread(kb_of(request).list_collections)
     return {"object": "list", "data": [c for c in rows if who.may_read(c["name"])]}
 
 
 @router.delete("/v1/collections/{collection}", status_code=204)
 async def delete_collection(collection: str, request: Request, who: Principal = Depends(principal)) -> Response:
     _admin(who)
-    await asyncio.to_thread(_kb(request).delete_collection, collection)
+    await asyncio.to_thread(kb_of(request).delete_collection, collection)
     return Response(status_code=204)
 
 
 @router.get("/v1/collections/{collection}/documents")
 async def documents(collection: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     _readable(who, collection)
-    return {"object": "list", "data": await asyncio.to_thread(_kb(request).list_documents, collection)}
+    return {"object": "list", "data": await asyncio.to_thread(kb_of(request).list_documents, collection)}
 
 
 @router.get("/v1/collections/{collection}/documents/{doc_id}")
@@ -78,7 +71,7 @@ async def document(
     collection: str, doc_id: str, request: Request, who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     _readable(who, collection)
-    doc: dict[str, Any] = await asyncio.to_thread(_kb(request).get_document, collection, doc_id)
+    doc: dict[str, Any] = await asyncio.to_thread(kb_of(request).get_document, collection, doc_id)
     return doc
 
 
@@ -87,7 +80,7 @@ async def delete_document(
     collection: str, doc_id: str, request: Request, who: Principal = Depends(principal)
 ) -> Response:
     _admin(who)
-    await asyncio.to_thread(_kb(request).delete_document, collection, doc_id)
+    await asyncio.to_thread(kb_of(request).delete_document, collection, doc_id)
     return Response(status_code=204)
 
 
@@ -113,7 +106,7 @@ class SearchResponse(BaseModel):
 
 @router.post("/v1/search")
 async def search(body: SearchRequest, request: Request, who: Principal = Depends(principal)) -> SearchResponse:
-    chunks = await asyncio.to_thread(_kb(request).search, body.query, body.collection, who, body.k)
+    chunks = await asyncio.to_thread(kb_of(request).search, body.query, body.collection, who, body.k)
     return SearchResponse(
         results=[
             SearchResult(

@@ -26,7 +26,7 @@ async def readyz(request: Request) -> JSONResponse:
         "draining": state.draining,
         "error": state.load_error,
         # The llama.cpp engine: which weight format runs, which was asked for, and what failed its check.
-        "engine": getattr(state.backend, "engine_status", None),
+        "engine": state.backend.engine_status,
     }
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
