@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from types import FrameType
 
 import uvicorn
@@ -58,7 +59,9 @@ def configure_logging(level: str) -> None:
     """One line per event, timestamped; what a person needs at start (model, engine, weights, embedder,
     collections) and nothing of the libraries' own chatter."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("sentence_transformers", "transformers", "httpx", "chromadb"):
+    # transformers sets its own loggers' level when first imported (its notes on tokenizer defaults are warnings).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for noisy in ("sentence_transformers", "httpx", "chromadb"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("uvicorn.access").addFilter(_not_a_probe)
 

@@ -65,8 +65,31 @@ class State:
                 continue
             self.load_error = None
             self.ready = not self.draining
-            log.info("enclave ready: backend=%s", self.backend.name)
+            log.info("enclave ready: %s", await asyncio.to_thread(self.summary))
             return
+
+    def summary(self) -> str:
+        """What a person starting Enclave needs to know, in one line: the model and how it runs, the
+        embedder, the collections, the adapters and whether moderation is on."""
+        m = self.settings.models
+        status = self.backend.engine_status
+        engine = self.backend.name
+        if engine == "local":
+            engine = "llama.cpp" if status is not None else "transformers"
+        parts = [f"model {m.name or m.gguf_file or m.base} on {engine}"]
+        if status and status.get("format"):
+            failed = len(status.get("problems") or [])
+            parts[0] += f" ({status['format']} weights" + (f"; {failed} formats failed their check)" if failed else ")")
+        if self.kb is not None:
+            parts.append(f"embedder {self.kb.embedding_runtime}")
+            cols = self.kb.list_collections()
+            listed = ", ".join(f"{c['name']} ({c['documents']} documents)" for c in cols[:5])
+            more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
+            parts.append(f"collections {listed}{more}" if cols else "no collections yet (enclave ingest DIR)")
+        if self.registry is not None:
+            parts.append(f"adapters {len(self.backend.list_adapters()) if self.backend.loads_adapters else 0} loaded")
+        parts.append("moderation " + ("on" if self.settings.moderation.enabled else "off"))
+        return "; ".join(parts)
 
     async def _load_parts(self) -> None:
         if "backend" not in self._loaded:
