@@ -501,13 +501,14 @@ def _settings(args: argparse.Namespace, parallel: int) -> Settings:
     return Settings(models=models)  # type: ignore[arg-type]
 
 
-def _load_backend(settings: Settings) -> Any:
+def _load_backend(settings: Settings) -> Any:  # Any: the benchmarks read the loaded engine's stats
     from enclave.engine.build import build_local_backend
+    from enclave.engine.llamacpp import LlamaCppBackend
 
     backend = build_local_backend(settings)
-    backend.load()
-    if getattr(backend, "engine", None) is None:
+    if not isinstance(backend, LlamaCppBackend):
         raise SystemExit("the local backend is not the llama.cpp engine: is llama-cpp-python installed?")
+    backend.load()
     return backend
 
 

@@ -164,6 +164,14 @@ class LocalBackend(GenerationBackend, Protocol):
         """`stream`'s pieces, each with the id of the last token it ends with (-1: none yet)."""
         ...
 
+    def load(self) -> None:
+        """`aload` for a caller with no event loop (the CLI's evaluation, benchmarks)."""
+        ...
+
+    def add_adapter_blocking(self, name: str, path: Path) -> None:
+        """`add_adapter` for a caller with no event loop."""
+        ...
+
 
 @dataclass(frozen=True)
 class Principal:

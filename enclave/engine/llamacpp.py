@@ -225,7 +225,7 @@ class LlamaCppBackend(PromptTools):
         return self.engine.adapters() if self.engine else []
 
     # -- adapters ---------------------------------------------------------------------------------
-    def _add_adapter(self, name: str, path: Path) -> None:
+    def add_adapter_blocking(self, name: str, path: Path) -> None:
         from enclave.engine.gguf_lora import ensure_gguf_adapter
 
         if self.engine is None or self.base_gguf is None:
@@ -235,7 +235,7 @@ class LlamaCppBackend(PromptTools):
         self.engine.add_adapter(name, gguf)
 
     async def add_adapter(self, name: str, path: Path) -> None:
-        await asyncio.to_thread(self._add_adapter, name, path)
+        await asyncio.to_thread(self.add_adapter_blocking, name, path)
 
     async def remove_adapter(self, name: str) -> None:
         if self.engine is not None:

@@ -75,12 +75,12 @@ class TransformersBackend(PromptTools):
 
     # -- adapters -----------------------------------------------------------------------------
     async def add_adapter(self, name: str, path: Path) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._add_adapter, name, path)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.add_adapter_blocking, name, path)
 
     async def remove_adapter(self, name: str) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._remove_adapter, name)
 
-    def _add_adapter(self, name: str, path: Path) -> None:
+    def add_adapter_blocking(self, name: str, path: Path) -> None:
         from peft import PeftModel
 
         if self.model is None:

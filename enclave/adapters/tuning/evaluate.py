@@ -114,7 +114,7 @@ def evaluate(
     pairs: list[QAPair] = [p for p in load_pairs(dataset) if p.split == "eval"][:limit]
     if not pairs:
         raise InvalidRequest(f"{dataset} has no eval pairs")
-    backend._add_adapter(name, folder)
+    backend.add_adapter_blocking(name, folder)
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
     principal = Principal()
     coll = collection or settings.rag.default_collection
