@@ -17,7 +17,6 @@ and close code, and the TGI protocol of the model server.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,13 +78,9 @@ def install(app: FastAPI, *, tgi: bool = False) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return respond(InvalidRequest(validation_message(_errors(exc.errors()))))
+        return respond(InvalidRequest(validation_message(exc.errors())))
 
     @app.exception_handler(Exception)
     async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return respond(InternalError("internal error"))
-
-
-def _errors(errors: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
-    return [e for e in errors if isinstance(e, Mapping)]

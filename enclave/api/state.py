@@ -82,12 +82,13 @@ class State:
             parts[0] += f" ({status['format']} weights" + (f"; {failed} formats failed their check)" if failed else ")")
         if self.kb is not None:
             parts.append(f"embedder {self.kb.embedding_runtime}")
-            cols = self.kb.list_collections()
-            listed = ", ".join(f"{c['name']} ({c['documents']} documents)" for c in cols[:5])
-            more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
-            parts.append(f"collections {listed}{more}" if cols else "no collections yet (enclave ingest DIR)")
+            names = sorted(self.kb.collection_names())
+            # Documents are counted from every chunk's metadata: only for the collections the line shows.
+            listed = ", ".join(f"{n} ({len(self.kb.list_documents(n))} documents)" for n in names[:5])
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            parts.append(f"collections {listed}{more}" if names else "no collections yet (enclave ingest DIR)")
         if self.registry is not None:
-            parts.append(f"adapters {len(self.backend.list_adapters()) if self.backend.loads_adapters else 0} loaded")
+            parts.append(f"adapters {len(self.backend.list_adapters())} loaded")
         parts.append("moderation " + ("on" if self.settings.moderation.enabled else "off"))
         return "; ".join(parts)
 

@@ -291,8 +291,9 @@ class ChatPipeline:
         first = True
         timeout = self.settings.models.request_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout
+        cancelled = asyncio.ensure_future(cancel.wait())  # one waiter for the whole answer, not one per piece
         try:
-            while (piece := await _next_piece(stream, cancel, deadline)) is not None:
+            while (piece := await _next_piece(stream, cancelled, deadline)) is not None:
                 if first:
                     self.metrics.ttft.observe(time.perf_counter() - started)
                     first = False
@@ -307,6 +308,7 @@ class ChatPipeline:
         except TimeoutError as exc:
             raise Timeout(f"generation took longer than {timeout:g} s") from exc
         finally:
+            cancelled.cancel()
             await stream.aclose()  # type: ignore[attr-defined]
         if not gate.blocked:
             for text in await gate.finish():
@@ -526,19 +528,18 @@ class _Turn:
         self.saved = False
 
 
-async def _next_piece(stream: AsyncIterator[str], cancel: asyncio.Event, deadline: float) -> str | None:
-    """The stream's next piece; None when it ended or `cancel` was set (a silent backend — a long prefill, a
-    full queue — is left at once); TimeoutError past `deadline`. The deadline covers only this wait, never
-    the caller's own sending of what it got (a timeout scope across a `yield` would cancel the caller)."""
-    if cancel.is_set():
+async def _next_piece(stream: AsyncIterator[str], cancelled: asyncio.Future[Any], deadline: float) -> str | None:
+    """The stream's next piece; None when it ended or `cancelled` (the cancel event's waiter) is done — a
+    silent backend (a long prefill, a full queue) is left at once; TimeoutError past `deadline`. The deadline
+    covers only this wait, never the caller's own sending of what it got (a timeout scope across a `yield`
+    would cancel the caller)."""
+    if cancelled.done():
         return None
     fetch = asyncio.ensure_future(anext(stream))
-    cancelled = asyncio.ensure_future(cancel.wait())
     try:
         async with asyncio.timeout_at(deadline):
             await asyncio.wait({fetch, cancelled}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        cancelled.cancel()
         if not fetch.done():
             fetch.cancel()  # the backend's stream ends here: CancelledError inside it, as on a disconnect
             await asyncio.wait({fetch})

@@ -324,8 +324,6 @@ def _convert(adapter_dir: Path, base_gguf: Path, out_path: Path | None, *, permu
     base = read_base(base_gguf)
     pairs = _pairs(_parse_safetensors(weights_bytes), base)
     out = Path(out_path) if out_path is not None else adapter_dir / GGUF_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(tmp, base.arch)
         try:
@@ -351,9 +349,8 @@ def _convert(adapter_dir: Path, base_gguf: Path, out_path: Path | None, *, permu
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
-            writer.close()
-            with tmp.open("rb+") as f:
-                os.fsync(f.fileno())
         finally:
             writer.close()
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
     return out

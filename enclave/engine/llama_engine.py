@@ -68,7 +68,6 @@ def convert_weights(src: Path, dst: Path, ftype: str, threads: int) -> Path:
         "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
         "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
     _quiet_llama(llama_cpp)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = kinds[ftype]

@@ -69,22 +69,27 @@ def load_model(settings: Settings) -> tuple[Any, Any, Path]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf, cache = converted_model_dir(settings)
-    if (cache / "config.json").is_file() and (cache / "tokenizer.json").is_file():
+    if _converted(cache):
         tokenizer = AutoTokenizer.from_pretrained(cache)
         model = AutoModelForCausalLM.from_pretrained(cache)
     else:
         log.info("converting %s once into %s", gguf.name, cache)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        shutil.rmtree(cache, ignore_errors=True)  # what an interrupted conversion of an older version left
+        if cache.is_dir() and not _converted(cache):  # what an older version's interrupted conversion left
+            shutil.rmtree(cache, ignore_errors=True)
         # A folder of this process's own: two processes converting at once never write into the same one, and
-        # the first to finish wins.
+        # the first to finish wins (a whole conversion already in place is kept).
         with atomic_path(cache, directory=True, overwrite=False) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf)}))
     model.eval()
     return tokenizer, model, cache
+
+
+def _converted(cache: Path) -> bool:
+    return (cache / "config.json").is_file() and (cache / "tokenizer.json").is_file()
 
 
 def load_tokenizer(settings: Settings) -> Any:
