@@ -241,7 +241,9 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=str(tmp_path),
         models=ModelSettings(max_tokens=64, request_timeout_s=10.0),
-        rag=RagSettings(prompt="passages-in-question", ingest_samples=False),
+        # Answerability thresholds at 0: every document answer is answered, as before the decision existed; the
+        # tests of the decision set their own.
+        rag=RagSettings(prompt="passages-in-question", ingest_samples=False, decline_below=0.0, caveat_below=0.0),
         moderation=ModerationSettings(enabled=True, holdback_tokens=2),
     )
 
@@ -425,6 +427,7 @@ async def test_unverifiable_document_answer_is_followed_by_the_passages_themselv
 async def test_rag_question_with_no_relevant_passage_says_so_without_asking_the_model(
     settings: Settings, store: SqlConversationStore
 ) -> None:
+    settings.rag.general_knowledge = False
     weak = [chunk("a", "The cafeteria opens at eight.", 0.12), chunk("b", "Parking is free.", 0.05)]
     backend = ScriptedBackend(["Restore it by magic."])
     retriever = ScriptedRetriever(weak)
@@ -433,16 +436,148 @@ async def test_rag_question_with_no_relevant_passage_says_so_without_asking_the_
     events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
     done = finished(pipeline, events)
 
-    decline = rag.NOTHING_FOUND.format(collection="docs")
+    decline = rag.decline_text("docs", [])
     assert kinds(events) == ["route", "sources", "token", "done"]
     assert isinstance(events[0], RouteEvent) and events[0].route == "rag"
     assert isinstance(events[1], SourcesEvent) and events[1].sources == []
-    assert shown(events) == decline and "could not find anything" in decline
+    assert shown(events) == decline and "do not answer this" in decline and rag.SUGGESTION in decline
     assert isinstance(done, DoneEvent) and done.finish_reason == "stop" and done.usage.completion_tokens == 0
+    assert done.documents == "declined" and not done.general_knowledge
     assert backend.calls == 0  # nothing to answer from: the model is not asked to guess
     assert retriever.searches == [(QUESTION, "docs", "alice", 8)]
     _user, assistant = messages_of(store, done.conversation_id)
     assert (assistant["content"], assistant["status"], assistant["route"]) == (decline, "complete", "rag")
+    assert assistant["citations"]["documents"] == "declined"
+
+
+# -- answerability: decline, caveat, verified sentences ------------------------------------------------------
+
+
+async def test_documents_that_do_not_answer_are_declined_before_any_token_with_the_closest_passages(
+    settings: Settings, store: SqlConversationStore
+) -> None:
+    settings.rag.decline_below, settings.rag.general_knowledge = 1.0, False  # every question: decline
+    backend = ScriptedBackend(["Run `acme restore FILE` [1]."])
+    pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE, SCHEDULE]))
+
+    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    done = finished(pipeline, events)
+
+    assert kinds(events) == ["route", "sources", "token", "done"]
+    route = events[0]
+    assert isinstance(route, RouteEvent) and 0.0 <= route.scores["answerable"] <= 1.0
+    assert "(answerable " in route.reason
+    text = shown(events)
+    assert text.startswith("The documents in 'docs' do not answer this.")
+    assert f"> {RESTORE.text} [1] (Backups)" in text and "[2] (Backups)" in text and rag.SUGGESTION in text
+    assert backend.calls == 0  # decided from the retrieval's signals: no token spent
+    assert isinstance(done, DoneEvent) and done.documents == "declined" and not done.general_knowledge
+    assistant = messages_of(store, done.conversation_id)[1]
+    assert assistant["citations"] == {"sentences": [], "unverified": False, "documents": "declined",
+                                      "general_knowledge": False}
+
+
+async def test_a_declined_general_question_gets_the_models_own_answer_labelled_as_such(
+    settings: Settings, store: SqlConversationStore
+) -> None:
+    settings.rag.decline_below = 1.0
+    backend = ScriptedBackend(["Most tools ", "restore from a copy."])
+    pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE]))
+
+    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    done = finished(pipeline, events)
+
+    text = shown(events)
+    head, label, general = text.partition("\n\n" + rag.GENERAL_LABEL + " ")
+    assert "do not answer this" in head and label and general == backend.text
+    assert isinstance(done, DoneEvent) and done.documents == "declined" and done.general_knowledge
+    prompt = backend.prompts[0]
+    assert not isinstance(prompt, str) and [m.role for m in prompt] == ["system", "user"]
+    assert RESTORE.text not in prompt_text(prompt)  # its own knowledge: no passages, nothing to cite
+    assert messages_of(store, done.conversation_id)[1]["citations"]["general_knowledge"] is True
+
+
+async def test_a_question_about_the_organisation_gets_no_made_up_answer_on_any_route(
+    settings: Settings, store: SqlConversationStore
+) -> None:
+    settings.rag.decline_below = 1.0
+    backend = ScriptedBackend(["The CEO of our company is John Doe."])
+    weak = [chunk("a", "The cafeteria opens at eight.", 0.2)]
+    pipeline = build(settings, store, backend, ScriptedRetriever({"docs": weak, "handbook": weak}))
+
+    # route left to Enclave, nothing matches: the base model is not asked
+    events = await chat(pipeline, ChatRequest(message="Who is the CEO of our company?"))
+    done = finished(pipeline, events)
+    route = events[0]
+    assert isinstance(route, RouteEvent) and route.route == "base" and "organisation" in route.reason
+    assert shown(events) == rag.no_documents_text(["docs", "handbook"])
+    assert isinstance(done, DoneEvent) and done.documents == "declined"
+    # asked of the documents, which do not hold it: declined, and no general-knowledge guess follows
+    events = await chat(pipeline, ChatRequest(message="Who is the CEO of our company?", route="rag"))
+    done = finished(pipeline, events)
+    assert "do not answer this" in shown(events) and rag.GENERAL_LABEL not in shown(events)
+    assert backend.calls == 0
+    # a general question on the same weak documents still gets the model's answer
+    events = await chat(pipeline, ChatRequest(message="What does a CEO do?"))
+    finished(pipeline, events)
+    assert backend.calls == 1 and shown(events) == backend.text
+
+
+async def test_an_answer_the_documents_hold_only_in_part_is_shown_only_once_checked(
+    settings: Settings, store: SqlConversationStore
+) -> None:
+    settings.rag.caveat_below = 1.0  # every question: the held, checked path
+    answer = ["Stop the server, ", "then run ", "`acme restore FILE` ", "to restore ", "a backup [1]."]
+    backend = ScriptedBackend(answer)
+    pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE, SCHEDULE]), ScriptedModerator())
+
+    events = await chat(pipeline, ChatRequest(message=QUESTION))
+    done = finished(pipeline, events)
+
+    tokens = [e.text for e in events if isinstance(e, TokenEvent)]
+    assert tokens[0] == backend.text  # held until checked, then sent whole
+    assert shown(events) == backend.text + "\n\n" + rag.CAVEAT
+    citations = next(e for e in events if isinstance(e, CitationsEvent))
+    assert [(c.source, c.verified) for c in citations.sentences] == [(1, True)]
+    assert isinstance(done, DoneEvent) and done.documents == "caveat"
+
+
+async def test_a_held_answer_that_fails_its_check_is_never_shown(
+    settings: Settings, store: SqlConversationStore
+) -> None:
+    settings.rag.caveat_below, settings.rag.general_knowledge = 1.0, False
+    backend = ScriptedBackend(["Run ", "`acme purge --all` ", "to restore a backup [1]."])
+    pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE, SCHEDULE]), ScriptedModerator())
+
+    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    done = finished(pipeline, events)
+
+    text = shown(events)
+    assert "purge" not in text and "do not answer this" in text
+    assert isinstance(done, DoneEvent) and done.documents == "declined"
+    assert "purge" not in messages_of(store, done.conversation_id)[1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "note"),
+    [
+        ("Restore a backup of the acme server [1].", "restates the question"),
+        ("Run `acme rollback` to restore a backup [1].", "names `acme rollback`"),
+    ],
+)
+async def test_a_sentence_counts_as_verified_only_when_its_passage_answers_the_question(
+    settings: Settings, store: SqlConversationStore, answer: str, note: str
+) -> None:
+    backend = ScriptedBackend([answer])
+    pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE, SCHEDULE]))
+
+    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    done = finished(pipeline, events)
+
+    citations = next(e for e in events if isinstance(e, CitationsEvent))
+    (sentence,) = citations.sentences
+    assert not sentence.verified and sentence.note is not None and sentence.note.startswith(note)
+    assert isinstance(done, DoneEvent) and done.documents == "caveat"
 
 
 async def test_weak_passages_on_auto_answer_from_the_base_model_without_documents(
@@ -562,7 +697,7 @@ async def test_personal_data_in_the_answer_is_redacted_before_it_is_shown(
     backend = ScriptedBackend(pieces)
     pipeline = build(settings, store, backend, moderator=ScriptedModerator(output=redact_emails))
 
-    events = await chat(pipeline, ChatRequest(message="Who gives access to the wiki?", logprobs=None))
+    events = await chat(pipeline, ChatRequest(message="Write an example contact line for a README.", logprobs=None))
     done = finished(pipeline, events)
 
     assert kinds(events) == ["route", "token", "moderation", "done"]
@@ -591,7 +726,7 @@ async def test_backend_failing_mid_stream_ends_with_one_error(
     backend = ScriptedBackend(["The first ", "two pieces ", "never ", "arrive."], fail_at=2, error=error)
     pipeline = build(settings, store, backend)
 
-    events = await chat(pipeline, ChatRequest(message="Explain the backup policy"))
+    events = await chat(pipeline, ChatRequest(message="Explain how incremental backups work"))
     ending = finished(pipeline, events)
 
     assert kinds(events) == ["route", "token", "error"]
@@ -613,7 +748,7 @@ async def test_backend_silent_past_the_request_timeout_ends_with_a_timeout_error
     backend = ScriptedBackend(["Thinking", " forever"], stall_at=1)  # the second piece never comes
     pipeline = build(settings, store, backend)
 
-    events = await asyncio.wait_for(chat(pipeline, ChatRequest(message="Explain the backup policy")), 5)
+    events = await asyncio.wait_for(chat(pipeline, ChatRequest(message="Explain how incremental backups work")), 5)
     error = finished(pipeline, events)
 
     assert kinds(events) == ["route", "token", "error"]

@@ -7,13 +7,14 @@ It yields typed ChatEvents and never raises into a transport: every run ends wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-from enclave.chat import grounding, rag, structured
+from enclave.chat import answerability, grounding, rag, scope, structured
 from enclave.chat.admission import Admission, Ticket
 from enclave.chat.conversations import ConversationStore
 from enclave.chat.gate import OutputGate
@@ -222,9 +223,29 @@ class ChatPipeline:
                 turn.moderation = {"stage": "input", "action": "block", "categories": verdict.categories}
                 raise ModerationBlocked("the message was blocked by the content policy")
 
-        # 3. Route.
+        # 3. Route, and for a document answer whether the documents hold it (before any token is spent).
         signals = await self._signals(req, message, history, principal)
         route = self.router.decide(req, signals, self.backend.list_adapters())
+        params = self.params(req)
+        rag_cfg = self.settings.rag
+        decision = None
+        if route.kind == "rag" and rag_cfg.answerability and params.output is None and signals.chunks:
+            decision = answerability.decide(
+                signals.query or message, signals.chunks, None, rag_cfg.decline_below, rag_cfg.caveat_below
+            )
+            route.scores["answerable"] = decision.probability
+            if decision.outcome != "answer":
+                route.reason += f"; {decision.reason}"
+        org_unknown = (
+            route.kind == "base"
+            and req.route == "auto"
+            and params.output is None
+            and not req.raw
+            and not signals.small_talk
+            and scope.about_organisation(message)
+        )
+        if org_unknown:
+            route.reason += f"; it asks about the organisation ({scope.reason(message)}) and no document answers it"
         self.metrics.routes.labels(route.kind).inc()
         turn.route, turn.adapter = route.kind, route.adapter
         yield RouteEvent(route=route.kind, adapter=route.adapter, reason=route.reason, scores=route.scores)
@@ -237,26 +258,37 @@ class ChatPipeline:
             route=route.kind,
             adapter=route.adapter,
         )
+        if org_unknown:  # never a made-up name, address or password: say so, and where one could look
+            readable = sorted(c for c in (self.collections() if self.collections else set()) if principal.may_read(c))
+            async with contextlib.aclosing(self._say(turn, rag.no_documents_text(readable))) as inner:
+                async for event in inner:
+                    yield event
+            turn.documents = "declined"
+            yield await self._finish(turn, Generation(finish_reason="stop"))
+            return
 
         # 4. The prompt.
-        params = self.params(req)
         relevant: list[Chunk] = []
         if route.kind == "rag":
             relevant = [
-                c
-                for c in signals.chunks
-                if float(c.metadata.get("dense_score", c.score)) >= self.settings.rag.score_threshold
-            ][: self.settings.rag.top_k]
+                c for c in signals.chunks if float(c.metadata.get("dense_score", c.score)) >= rag_cfg.score_threshold
+            ][: rag_cfg.top_k]
             relevant, cut = await self._without_injections(relevant)
             if cut:
                 yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])
-            turn.sources = [s.model_dump() for s in rag.sources_of(relevant)]
-            yield SourcesEvent(sources=rag.sources_of(relevant))
-            if not relevant and params.output is None:
-                text = rag.NOTHING_FOUND.format(collection=signals.collection)
-                turn.text = text
-                yield TokenEvent(text=text)
-                yield await self._finish(turn, Generation(finish_reason="stop"))
+            declined = params.output is None and (
+                not relevant or (decision is not None and decision.outcome == "decline")
+            )
+            shown = relevant[:2] if declined else relevant
+            turn.sources = [s.model_dump() for s in rag.sources_of(shown)]
+            yield SourcesEvent(sources=rag.sources_of(shown))
+            if declined:
+                async with contextlib.aclosing(
+                    self._decline(turn, req, message, signals.collection, shown, params, cancel)
+                ) as inner:
+                    async for event in inner:
+                        yield event
+                yield await self._finish(turn, turn.result)
                 return
         prompt: list[Message] | str
         protected: list[str] = []  # what the answer must not repeat (the output gate's leak check)
@@ -278,15 +310,98 @@ class ChatPipeline:
         if not req.raw:
             prompt = structured.with_instructions(messages, params.output)
 
-        # 5. Generate, through the output gate.
+        # 5. Generate, through the output gate; an answer the documents only partly hold is kept back until checked.
+        hold = decision is not None and decision.outcome == "caveat"
         result = Generation()
+        async with contextlib.aclosing(
+            self._generate(turn, prompt, params, route.adapter, protected, cancel, started, result, hold)
+        ) as inner:
+            async for event in inner:
+                yield event
+        grounded = relevant and (turn.text.strip() or turn.held.strip()) and self.embed is not None
+        grounded = grounded and params.output is None
+        if grounded and result.finish_reason != "cancelled":
+            async with contextlib.aclosing(
+                self._ground(turn, signals.query or message, relevant, result, hold)
+            ) as inner:
+                async for event in inner:
+                    yield event
+            if turn.documents == "declined":  # the held answer failed its check: the model's words are not shown
+                async with contextlib.aclosing(
+                    self._decline(turn, req, message, signals.collection, relevant[:2], params, cancel)
+                ) as inner:
+                    async for event in inner:
+                        yield event
+                result = turn.result
+        elif hold and turn.held:  # cancelled, or nothing to check it with: what was held is not shown unchecked
+            turn.held = ""
+        if turn.redacted or (turn.citations or {}).get("unverified"):
+            result.logprobs = None  # the tokens are no longer the text shown: withheld (see DoneEvent)
+        elapsed = time.perf_counter() - started
+        if result.completion_tokens and elapsed > 0:
+            self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
+        self.metrics.completion_tokens.inc(result.completion_tokens)
+        yield await self._finish(turn, result)
+
+    async def _say(self, turn: _Turn, text: str) -> AsyncGenerator[Event, None]:
+        """Enclave's own words, not the model's: added to the answer as one piece."""
+        turn.text += text
+        yield TokenEvent(text=text)
+
+    async def _decline(
+        self,
+        turn: _Turn,
+        req: ChatRequest,
+        message: str,
+        collection: str | None,
+        closest: list[Chunk],
+        params: GenerationParams,
+        cancel: asyncio.Event,
+    ) -> AsyncGenerator[Event, None]:
+        """The documents do not hold the answer: say so, quote the closest passages, suggest; then, for a general
+        question and when the operator allows it, the model's own answer behind the general-knowledge label."""
+        turn.documents = "declined"
+        async with contextlib.aclosing(
+            self._say(turn, ("\n\n" if turn.text else "") + rag.decline_text(collection, closest))
+        ) as inner:
+            async for event in inner:
+                yield event
+        turn.result = Generation(finish_reason="stop")
+        if not self.settings.rag.general_knowledge or scope.about_organisation(message) or cancel.is_set():
+            return
+        system = req.system or self.settings.models.system_prompt
+        prompt = [Message(role="system", content=system), Message(role="user", content=message)]
+        turn.general_knowledge = True
+        async with contextlib.aclosing(self._say(turn, "\n\n" + rag.GENERAL_LABEL + " ")) as inner:
+            async for event in inner:
+                yield event
+        async with contextlib.aclosing(
+            self._generate(turn, prompt, params, None, [system], cancel, time.perf_counter(), turn.result, False)
+        ) as inner:
+            async for event in inner:
+                yield event
+
+    async def _generate(
+        self,
+        turn: _Turn,
+        prompt: list[Message] | str,
+        params: GenerationParams,
+        adapter: str | None,
+        protected: list[str],
+        cancel: asyncio.Event,
+        started: float,
+        result: Generation,
+        hold: bool,
+    ) -> AsyncGenerator[Event, None]:
+        """The model's answer through the output gate, into `turn.text` as it streams (into `turn.held`, and not
+        sent, when `hold`); a block raises ModerationBlocked after the moderation event."""
         mod = self.settings.moderation
         gate = OutputGate(
             self.moderator if mod.enabled and mod.check_output else None,
-            self.settings.moderation.holdback_tokens,
+            mod.holdback_tokens,
             LeakCheck(protected) if mod.policies.get("prompt_leak", "block") == "block" else None,
         )
-        stream = self.backend.stream(prompt, params, adapter=route.adapter, result=result)
+        stream = self.backend.stream(prompt, params, adapter=adapter, result=result)
         last_save = time.monotonic()
         first = True
         timeout = self.settings.models.request_timeout_s
@@ -298,11 +413,14 @@ class ChatPipeline:
                     self.metrics.ttft.observe(time.perf_counter() - started)
                     first = False
                 for text in await gate.push(piece):
+                    if hold:
+                        turn.held += text
+                        continue
                     turn.text += text
                     yield TokenEvent(text=text)
                 if gate.blocked or cancel.is_set():
                     break
-                if time.monotonic() - last_save > SAVE_EVERY_S:
+                if not hold and turn.assistant_id and time.monotonic() - last_save > SAVE_EVERY_S:
                     last_save = time.monotonic()
                     await asyncio.to_thread(self.store.update_message, turn.assistant_id, content=turn.text)
         except TimeoutError as exc:
@@ -312,40 +430,67 @@ class ChatPipeline:
             await stream.aclose()  # type: ignore[attr-defined]
         if not gate.blocked:
             for text in await gate.finish():
-                turn.text += text
-                yield TokenEvent(text=text)
+                if hold:
+                    turn.held += text
+                else:
+                    turn.text += text
+                    yield TokenEvent(text=text)
         if gate.blocked:
             v = gate.verdict
             turn.moderation = {"stage": "output", "action": "block", "categories": v.categories}
             yield ModerationEvent(stage="output", action="block", categories=v.categories)
             raise ModerationBlocked("the answer was stopped by the content policy")
         elif gate.redacted:
+            turn.redacted = True
             turn.moderation = {"stage": "output", "action": "redact", "categories": gate.verdict.categories}
             yield ModerationEvent(stage="output", action="redact", categories=gate.verdict.categories)
         if cancel.is_set():
             result.finish_reason = "cancelled"
-        grounded = relevant and turn.text.strip() and self.embed is not None and params.output is None
-        if grounded and result.finish_reason != "cancelled":
-            async for event in self._ground(turn, relevant, result):
-                yield event
-        if gate.redacted or (turn.citations or {}).get("unverified"):
-            result.logprobs = None  # the tokens are no longer the text shown: withheld (see DoneEvent)
-        elapsed = time.perf_counter() - started
-        if result.completion_tokens and elapsed > 0:
-            self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
-        self.metrics.completion_tokens.inc(result.completion_tokens)
-        yield await self._finish(turn, result)
 
-    async def _ground(self, turn: _Turn, passages: list[Chunk], result: Generation) -> AsyncIterator[Event]:
-        """Checks each sentence of a document answer against the passages; quotes them when it cannot be verified."""
+    async def _ground(
+        self, turn: _Turn, question: str, passages: list[Chunk], result: Generation, held: bool
+    ) -> AsyncGenerator[Event, None]:
+        """Checks each sentence of a document answer against the passages and the question. A sentence is verified
+        when its passage says it in answer to the question (enclave/chat/answerability.answer_note). A streamed
+        answer most of whose sentences are not verified gets the passages quoted after it; a held one (the documents
+        answer only in part) is shown, with a caveat, only when every sentence is verified, else declined."""
         assert self.embed is not None
+        text = turn.held if held else turn.text
         t0 = time.perf_counter()
         checked = await asyncio.to_thread(
-            grounding.ground, turn.text, [c.text for c in passages], self.embed, [c.embedding for c in passages]
+            grounding.ground, text, [c.text for c in passages], self.embed, [c.embedding for c in passages]
         )
-        self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
-        unverified = grounding.unverified(checked) or result.finish_reason == "repetition"
         sentences = grounding.citations(checked)
+        bodies = [f"{c.title} {c.metadata.get('section') or ''}\n{c.text}" for c in passages]
+        weights = answerability.term_weights(question, bodies)
+        for s in sentences:
+            source = s["source"]
+            note = (
+                answerability.answer_note(question, str(s["text"]), bodies[int(source) - 1], weights)
+                if isinstance(source, int)
+                else "no passage says it"
+            )
+            s["verified"], s["note"] = note is None, note
+        self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
+        failed = sum(not s["verified"] for s in sentences)
+        if held:
+            turn.held = ""
+            if failed or not sentences or result.finish_reason == "repetition":
+                log.info("a held answer failed its check and was declined: %r", text[:200])
+                turn.documents = "declined"
+                return
+            turn.documents = "caveat"
+            turn.text = text
+            yield TokenEvent(text=text)
+            async with contextlib.aclosing(self._say(turn, "\n\n" + rag.CAVEAT)) as inner:
+                async for event in inner:
+                    yield event
+            unverified = False
+        else:
+            unverified = (
+                failed / max(len(sentences), 1) > grounding.UNVERIFIED_SHARE or result.finish_reason == "repetition"
+            )
+            turn.documents = "caveat" if unverified or failed else "answered"
         turn.citations = {"sentences": sentences, "unverified": unverified}
         if unverified:  # the notice first: the citations' spans point into the answer before it
             notice = grounding.quoted_passages([(c.title, c.text) for c in passages])
@@ -433,7 +578,7 @@ class ChatPipeline:
             if best is None or found.top > best.top:
                 best = found
         assert best is not None
-        signals.collection, signals.chunks = best.collection, best.chunks
+        signals.collection, signals.chunks, signals.query = best.collection, best.chunks, query
         return signals
 
     async def _finish(self, turn: _Turn, result: Generation) -> DoneEvent:
@@ -452,6 +597,8 @@ class ChatPipeline:
             finish_reason=result.finish_reason,
             usage=usage,
             logprobs=None if result.logprobs is None else [_logprobs_of(lp) for lp in result.logprobs],
+            documents=turn.documents,  # type: ignore[arg-type]
+            general_knowledge=turn.general_knowledge,
         )
 
     def _save_final(
@@ -464,6 +611,12 @@ class ChatPipeline:
         if turn.saved or turn.conversation_id is None:
             return
         turn.saved = True
+        if turn.documents is not None:  # kept with the turn, so a reloaded conversation shows the same
+            turn.citations = {
+                **(turn.citations or {"sentences": [], "unverified": False}),
+                "documents": turn.documents,
+                "general_knowledge": turn.general_knowledge,
+            }
         fields: dict[str, Any] = {
             "content": turn.text,
             "status": status,
@@ -526,6 +679,11 @@ class _Turn:
         self.finish_reason: str | None = None
         self.moderation: dict[str, Any] | None = None
         self.saved = False
+        self.held = ""  # an answer kept back until its check passes (never sent unless it does)
+        self.documents: str | None = None  # answered | caveat | declined, for a document answer
+        self.general_knowledge = False
+        self.redacted = False
+        self.result = Generation()  # what generated the text after a decline
 
 
 async def _next_piece(stream: AsyncIterator[str], cancelled: asyncio.Future[Any], deadline: float) -> str | None:

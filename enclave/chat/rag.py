@@ -83,6 +83,44 @@ NOTHING_FOUND = (
     "so I won't guess. Try rephrasing, or ask without the documents."
 )
 
+# A helpful decline: one plain sentence, the closest passages quoted with their numbers, and a suggestion.
+DECLINED = "The documents in '{collection}' do not answer this."
+CLOSEST = "The closest they come:"
+SUGGESTION = (
+    "If it should be in them, add the document that covers it (or name the collection that holds it), or ask again "
+    "with the name of the thing you are after."
+)
+# After a decline, a general question may get the model's own answer, always behind this label.
+GENERAL_LABEL = "General knowledge, not from your documents:"
+# A question about the organisation with no documents about it.
+NO_DOCUMENTS = "I have no documents about that, so I won't guess."
+CAVEAT = "Check this against the cited passage: the documents answer this question only in part."
+
+
+def quote(chunks: Sequence[Chunk], limit: int = 2, chars: int = 240) -> str:
+    """The first passages as Markdown quotes ending in their source number and title."""
+    lines = []
+    for n, c in enumerate(chunks[:limit], 1):
+        snippet = " ".join(c.text.split())
+        snippet = snippet[:chars].rsplit(" ", 1)[0] + " …" if len(snippet) > chars else snippet
+        lines.append(f"> {snippet} [{n}] ({c.title})")
+    return "\n>\n".join(lines)
+
+
+def decline_text(collection: str | None, closest: Sequence[Chunk]) -> str:
+    parts = [DECLINED.format(collection=collection or "your knowledge base")]
+    if closest:
+        parts.append(CLOSEST + "\n\n" + quote(closest))
+    parts.append(SUGGESTION)
+    return "\n\n".join(parts)
+
+
+def no_documents_text(collections: Sequence[str]) -> str:
+    if not collections:
+        return NO_DOCUMENTS + " There is no collection of documents you may search yet."
+    return NO_DOCUMENTS + " The collections you may search: " + ", ".join(f"'{c}'" for c in collections) + "."
+
+
 _FOLLOW_UP = re.compile(r"\b(it|its|they|them|their|this|that|these|those|he|she|his|her|there|one)\b", re.I)
 
 

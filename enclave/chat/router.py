@@ -45,6 +45,7 @@ class RetrievalSignals:
     error: str | None = None
     adapter_scores: dict[str, float] = field(default_factory=dict)
     small_talk: bool = False
+    query: str = ""  # what was searched: the question, or a follow-up rewritten with its history
 
     @property
     def top(self) -> float:

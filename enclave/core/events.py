@@ -42,6 +42,13 @@ class SentenceCitation(BaseModel):
     support: float = Field(description="How well that passage supports it, 0-1 (embedding cosine and word overlap).")
     unsupported: bool = Field(description="No passage supports the sentence.")
     corrected: bool = Field(description="`source` is not a passage the sentence cited: added or corrected.")
+    verified: bool = Field(
+        True,
+        description="Its passage states what the sentence claims in answer to the question: not merely a restated "
+        "question or title, nor a passage about something else copied, and any command, module or setting it names "
+        "is what that passage is about or defines.",
+    )
+    note: str | None = Field(None, description="Why the sentence is not verified, in words a reader can follow.")
 
 
 class CitationsEvent(BaseModel):
@@ -54,6 +61,9 @@ class CitationsEvent(BaseModel):
         description="Most sentences are supported by no passage (or the answer looped): the passages were "
         "quoted after it instead.",
     )
+
+
+Documents = Literal["answered", "caveat", "declined"]
 
 
 class ModerationEvent(BaseModel):
@@ -95,6 +105,18 @@ class DoneEvent(BaseModel):
         description="When the request asked for them: each token of the answer with its log-probability and the "
         "likeliest alternatives. Withheld (None) when output moderation redacted or appended to the answer, since "
         "the tokens would no longer be the text shown.",
+    )
+    documents: Documents | None = Field(
+        None,
+        description="What the documents did for this answer: `answered` (checked against its passages), `caveat` "
+        "(shown with a visible caveat: the passages answer only in part), `declined` (the documents do not hold the "
+        "answer: the text says so and quotes the closest passages; no answer was made up). None when no documents "
+        "were consulted.",
+    )
+    general_knowledge: bool = Field(
+        False,
+        description="After a decline, the text holds the model's own answer to a general question, labelled in the "
+        "text as general knowledge that no document supports.",
     )
 
 

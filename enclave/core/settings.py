@@ -189,6 +189,25 @@ class RagSettings(BaseModel):
         "citation); or the passages in the system turn (the older prompt). Compared in bench/answers.",
     )
     ingest_samples: bool = Field(True, description="Ingest the bundled sample documents on first start.")
+    answerability: bool = Field(
+        True,
+        description="Decide from the retrieval's signals whether the documents answer before generating: answer, "
+        "answer with a visible caveat (held until its check passes), or decline with the closest passages quoted "
+        "(enclave/chat/answerability.py; fitted by bench/answerability).",
+    )
+    decline_below: float | None = Field(
+        None, ge=0, le=1, description="Decline when the probability that the documents answer is below this "
+        "(unset: the fitted model's own threshold)."
+    )
+    caveat_below: float | None = Field(
+        None, ge=0, le=1, description="Answer with a caveat, held until checked, below this probability "
+        "(unset: the fitted model's own threshold)."
+    )
+    general_knowledge: bool = Field(
+        True,
+        description="After a decline, answer a general question (not about the organisation) from the model's own "
+        "knowledge, labelled in the text as general knowledge that no document supports.",
+    )
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)  # type: ignore[arg-type]
 
 
