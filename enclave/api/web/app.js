@@ -23,7 +23,7 @@
       .replace(/(^|[^*])\*([^*\n]+)\*/g, "$1<em>$2</em>")
       .replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)"]+)\)/g,
         '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>')
-      .replace(/\[(\d{1,2})\]/g, '<sup class="cite" data-n="$1">[$1]</sup>');
+      .replace(/\[(\d{1,2})\]/g, '<button type="button" class="cite" data-n="$1">[$1]</button>');
     return s.replace(/\u0000(\d+)\u0000/g, (_, i) => "<code>" + codes[Number(i)] + "</code>");
   }
   function renderMarkdown(src) {
@@ -42,6 +42,16 @@
       }
       const h = /^(#{1,4})\s+(.*)$/.exec(line);
       if (h) { const n = h[1].length + 2; out.push(`<h${n}>${inline(h[2])}</h${n}>`); i++; continue; }
+      if (/^&gt;/.test(line)) {
+        // A quote: each line its own paragraph, since each quoted passage line stands alone.
+        const quoted = [];
+        while (i < lines.length && /^&gt;/.test(lines[i])) {
+          const q = lines[i++].replace(/^&gt;\s?/, "");
+          if (q.trim()) quoted.push("<p>" + inline(q) + "</p>");
+        }
+        out.push("<blockquote>" + quoted.join("") + "</blockquote>");
+        continue;
+      }
       if (/^\s*([-*+]|\d+\.)\s+/.test(line)) {
         const ordered = /^\s*\d+\./.test(line);
         const items = [];
@@ -54,7 +64,7 @@
       }
       if (!line.trim()) { i++; continue; }
       const para = [];
-      while (i < lines.length && lines[i].trim() && !/^```|^#{1,4}\s|^\s*([-*+]|\d+\.)\s+/.test(lines[i])) {
+      while (i < lines.length && lines[i].trim() && !/^```|^#{1,4}\s|^&gt;|^\s*([-*+]|\d+\.)\s+/.test(lines[i])) {
         para.push(inline(lines[i++]));
       }
       out.push("<p>" + para.join("<br>") + "</p>");
@@ -77,7 +87,7 @@
   // ---- State
   let conversationId = null;
   let ws = null;
-  let streaming = null; // {el, text, sources}
+  let streaming = null; // {el, text, sources, citations}
   let backoff = 500;
   let queued = null;
 
@@ -110,6 +120,13 @@
   // ---- Rendering
   function scrollDown() { els.messages.scrollTop = els.messages.scrollHeight; }
 
+  // The paragraph of the model's own answer after a decline starts with this label (the same text as
+  // enclave.chat.rag.GENERAL_LABEL); the page sets it apart so nobody takes it for the documents.
+  const GENERAL_LABEL = "General knowledge, not from your documents:";
+  const GENERAL_AT = new RegExp("(^|\\n)[ \\t]*" + GENERAL_LABEL.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  const sourcesOf = new WeakMap(); // message element → its passages (1-based in the text)
+  const citationOf = new WeakMap(); // chip → the checked sentence it belongs to
+
   function addMessage(role, content, meta = {}) {
     els.empty.hidden = true;
     const wrap = document.createElement("article");
@@ -123,11 +140,17 @@
     wrap.appendChild(head);
     const body = document.createElement("div");
     body.className = "body";
-    if (role === "user") body.textContent = content; else body.innerHTML = renderMarkdown(content);
     wrap.appendChild(body);
+    if (role === "user") body.textContent = content;
+    else {
+      // The stored turn carries what the live stream did: sentences, and the documents' decision.
+      const citations = meta.citations || null;
+      sourcesOf.set(wrap, meta.sources || []);
+      renderBody(wrap, content, citations);
+      if (citations) setDecision(wrap, citations.documents, citations.general_knowledge);
+    }
     if (meta.route) setRoute(wrap, meta.route, meta.adapter, meta.reason);
     if (meta.sources && meta.sources.length) setSources(wrap, meta.sources);
-    if (meta.citations && meta.citations.sentences) setCitations(wrap, content, meta.citations, meta.sources || []);
     if (meta.status && meta.status !== "complete") setStatus(wrap, meta.status);
     els.messages.appendChild(wrap);
     scrollDown();
@@ -144,8 +167,8 @@
     why.className = "route-reason";
     why.textContent = reason || "";
     const head = wrap.querySelector(".meta");
-    head.appendChild(badge);
-    head.appendChild(why);
+    head.insertBefore(why, head.querySelector(".who").nextSibling);
+    head.insertBefore(badge, why);
   }
 
   function setSources(wrap, sources) {
@@ -168,54 +191,180 @@
     wrap.appendChild(box);
   }
 
-  // Each sentence of a document answer with the passage that supports it: a chip per sentence opens the
-  // passage; a sentence no passage supports is marked. The model's own [n] markers give way to the checked ones.
-  function setCitations(wrap, text, citations, sources) {
-    const body = wrap.querySelector(".body");
-    body.replaceChildren();
-    const p = document.createElement("p");
-    let pos = 0;
-    citations.sentences.forEach((c) => {
-      if (c.start > pos) p.append(text.slice(pos, c.start));
-      const span = document.createElement("span");
-      span.className = "sentence" + (c.unsupported ? " unsupported" : "");
-      span.textContent = c.text.replace(/\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]/g, "");
-      if (c.unsupported) span.title = "No passage of the documents supports this sentence.";
-      p.appendChild(span);
-      if (c.source) {
-        const chip = document.createElement("button");
-        chip.type = "button";
-        chip.className = "cite" + (c.corrected ? " corrected" : "");
-        chip.textContent = `[${c.source}]`;
-        chip.title = `support ${c.support.toFixed(2)}` + (c.corrected ? " (citation checked and corrected)" : "");
-        chip.onclick = () => showPassage(wrap, chip, sources[c.source - 1], c);
-        p.appendChild(chip);
-      }
-      pos = c.end;
-    });
-    body.appendChild(p);
-    const rest = text.slice(pos).trim();
-    if (rest) {
-      const more = document.createElement("div");
-      more.innerHTML = renderMarkdown(rest);
-      body.appendChild(more);
+  // What the documents did for the answer (DoneEvent.documents): declined, answered in part, or answered.
+  function setDecision(wrap, documents, generalKnowledge) {
+    wrap.querySelectorAll(".documents-badge, .caveat-line").forEach((e) => e.remove());
+    wrap.classList.remove("declined", "caveat", "answered");
+    wrap.classList.toggle("general", Boolean(generalKnowledge));
+    if (!documents) return;
+    wrap.classList.add(documents);
+    const head = wrap.querySelector(".meta");
+    const badge = document.createElement("span");
+    badge.tabIndex = 0;
+    if (documents === "declined") {
+      badge.className = "documents-badge declined-badge";
+      badge.textContent = "Not in your documents";
+      badge.title = "The documents do not hold the answer: the closest passages are quoted, nothing was made up.";
+      wrap.querySelectorAll(".body > p").forEach((p) => {
+        // The suggestion: what follows the quoted passages.
+        if (p.previousElementSibling && p.previousElementSibling.closest("blockquote")) p.classList.add("decline-suggestion");
+      });
+      wrap.querySelectorAll(".body > p.decline-suggestion ~ p").forEach((p) => p.classList.add("decline-suggestion"));
+    } else if (documents === "caveat") {
+      badge.className = "documents-badge caveat-badge";
+      badge.textContent = "Partly in your documents";
+      badge.title = "The passages answer this only in part.";
+      const line = document.createElement("div");
+      line.className = "caveat-line";
+      line.setAttribute("role", "note");
+      line.textContent = "⚠ The documents answer this only in part — check the cited passage";
+      wrap.insertBefore(line, wrap.querySelector(".body"));
+    } else {
+      const n = (sourcesOf.get(wrap) || []).length;
+      badge.className = "documents-badge checked-badge";
+      badge.textContent = n ? `✓ checked against ${n} passage${n === 1 ? "" : "s"}` : "✓ checked against the passages";
+      badge.title = "Each sentence was checked against the passages it cites.";
     }
+    head.appendChild(badge);
   }
 
-  function showPassage(wrap, chip, source, c) {
+  // The answer's body: Markdown, with each checked sentence of a document answer marked and followed by the
+  // chip of the passage that supports it (the model's own [n] markers give way to the checked ones), and a
+  // general-knowledge paragraph in a box of its own.
+  function renderBody(wrap, text, citations) {
+    const body = wrap.querySelector(".body");
+    const sentences = (citations && citations.sentences) || [];
+    const m = GENERAL_AT.exec(text);
+    const mainEnd = m ? m.index + m[1].length : text.length;
+    body.innerHTML = renderMarkdown(markSentences(text.slice(0, mainEnd), sentences, 0));
+    if (m) {
+      const at = m.index + m[0].length;
+      const box = document.createElement("section");
+      box.className = "general-knowledge";
+      box.setAttribute("aria-label", GENERAL_LABEL.replace(/:$/, ""));
+      const label = document.createElement("div");
+      label.className = "general-label";
+      label.textContent = GENERAL_LABEL.replace(/:$/, "");
+      const content = document.createElement("div");
+      content.className = "general-text";
+      content.innerHTML = renderMarkdown(markSentences(text.slice(at), sentences, at));
+      box.append(label, content);
+      body.appendChild(box);
+    }
+    decorate(wrap, body, sentences);
+  }
+
+  // Private-use characters mark where each sentence starts (one per sentence) and ends; they pass through
+  // the Markdown renderer untouched and are turned into elements afterwards, whatever tags lie between.
+  const END = "\uE000", START = 0xE100, MAX_SENTENCES = 0x700;
+  const MARK = /([\uE000\uE100-\uE7FF])/;
+  const LEAD = /^(?:```[^\n]*\n|[ \t]*(?:(?:[-*+]|\d+\.|#{1,4})[ \t]+|>[ \t]?))*/;
+  const CITE_MARKS = /\s*\[\d{1,2}(?:\s*,\s*\d{1,2})*\]/g;
+
+  function markSentences(text, sentences, offset) {
+    let out = "", pos = 0;
+    sentences.slice(0, MAX_SENTENCES).forEach((c, i) => {
+      const s = Math.max(c.start - offset, 0), e = Math.min(c.end - offset, text.length);
+      if (e <= s || s < pos) return; // not in this part of the text
+      const piece = text.slice(s, e);
+      const lead = LEAD.exec(piece)[0]; // Markdown syntax at a line start stays outside the mark
+      out += text.slice(pos, s) + lead + String.fromCharCode(START + i) + piece.slice(lead.length).replace(CITE_MARKS, "") + END;
+      pos = e;
+    });
+    return out + text.slice(pos);
+  }
+
+  function isUnverified(c) { return c.verified === false || Boolean(c.unsupported); }
+
+  function sentenceNote(c) {
+    if (c.unsupported) return "No passage of the documents supports this sentence." + (c.note ? ` (${c.note})` : "");
+    return "Unverified: " + (c.note || "its passage does not state this.");
+  }
+
+  function decorate(wrap, body, sentences) {
+    const walker = document.createTreeWalker(body, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    while (walker.nextNode()) nodes.push(walker.currentNode);
+    let cur = -1;
+    nodes.forEach((node) => {
+      if (cur < 0 && !MARK.test(node.data)) return; // outside every sentence
+      const frag = document.createDocumentFragment();
+      node.data.split(MARK).forEach((piece) => {
+        if (!piece) return;
+        if (piece === END) {
+          if (cur >= 0) frag.append(...afterSentence(sentences[cur]));
+          cur = -1;
+        } else if (piece.length === 1 && piece.charCodeAt(0) >= START) {
+          cur = piece.charCodeAt(0) - START;
+        } else if (cur >= 0) {
+          const c = sentences[cur];
+          const span = document.createElement("span");
+          span.className = "sentence" + (c.unsupported ? " unsupported" : "") + (isUnverified(c) ? " unverified" : "");
+          span.textContent = piece;
+          span.dataset.s = String(cur); // a sentence across tags (code, bold) is several spans
+          if (isUnverified(c)) span.title = sentenceNote(c);
+          frag.appendChild(span);
+        } else frag.append(piece);
+      });
+      node.replaceWith(frag);
+    });
+    // A chip in the text whose passage is not there (the base model writing "[1]") is plain text.
+    const sources = sourcesOf.get(wrap) || [];
+    body.querySelectorAll("button.cite").forEach((chip) => {
+      if (!sources[Number(chip.dataset.n) - 1]) chip.replaceWith(chip.textContent);
+    });
+  }
+
+  function afterSentence(c) {
+    const out = [];
+    if (c.source) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "cite" + (c.corrected ? " corrected" : "");
+      chip.dataset.n = String(c.source);
+      chip.textContent = `[${c.source}]`;
+      chip.title = `support ${Number(c.support).toFixed(2)}` + (c.corrected ? " (citation checked and corrected)" : "");
+      citationOf.set(chip, c);
+      out.push(chip);
+    }
+    if (isUnverified(c)) {
+      // Not colour alone: a word, focusable, with the reason as its name and as a tooltip on hover or focus.
+      const tag = document.createElement("button");
+      tag.type = "button";
+      tag.className = "unverified-tag";
+      tag.textContent = "unverified";
+      tag.title = sentenceNote(c);
+      tag.dataset.note = sentenceNote(c);
+      tag.setAttribute("aria-label", sentenceNote(c));
+      out.push(tag);
+    }
+    return out;
+  }
+
+  function showPassage(wrap, chip) {
+    const open = chip.getAttribute("aria-expanded") === "true";
     wrap.querySelectorAll(".passage").forEach((e) => e.remove());
-    if (!source) return;
+    wrap.querySelectorAll("button.cite[aria-expanded]").forEach((e) => e.removeAttribute("aria-expanded"));
+    const n = Number(chip.dataset.n);
+    const source = (sourcesOf.get(wrap) || [])[n - 1];
+    if (!source || open) return;
+    const c = citationOf.get(chip);
     const box = document.createElement("blockquote");
     box.className = "passage";
     const t = document.createElement("div");
     t.className = "source-title";
-    t.textContent = `[${c.source}] ${source.title} — support ${c.support.toFixed(2)}`;
+    t.textContent = `[${n}] ${source.title}` + (c ? ` — support ${Number(c.support).toFixed(2)}` : "");
     const sn = document.createElement("div");
     sn.className = "passage-text";
     sn.textContent = source.snippet;
     box.append(t, sn);
-    chip.closest(".body").appendChild(box);
+    chip.setAttribute("aria-expanded", "true");
+    chip.closest(".body > *").after(box);
   }
+  els.messages.addEventListener("click", (e) => {
+    const chip = e.target.closest("button.cite[data-n]");
+    if (chip) showPassage(chip.closest(".message"), chip);
+  });
 
   function setStatus(wrap, status, text) {
     const tag = document.createElement("div");
@@ -233,11 +382,15 @@
     const wrap = streaming.el;
     switch (ev.type) {
       case "route": setRoute(wrap, ev.route, ev.adapter, ev.reason); break;
-      case "sources": streaming.sources = ev.sources; if (ev.sources.length) setSources(wrap, ev.sources); break;
-      case "citations": setCitations(wrap, streaming.text, ev, streaming.sources); break;
+      case "sources":
+        streaming.sources = ev.sources;
+        sourcesOf.set(wrap, ev.sources);
+        if (ev.sources.length) setSources(wrap, ev.sources);
+        break;
+      case "citations": streaming.citations = ev; renderBody(wrap, streaming.text, ev); break;
       case "token":
         streaming.text += ev.text;
-        wrap.querySelector(".body").innerHTML = renderMarkdown(streaming.text);
+        renderBody(wrap, streaming.text, streaming.citations);
         scrollDown();
         break;
       case "moderation":
@@ -252,6 +405,7 @@
     const wrap = streaming.el;
     wrap.classList.remove("streaming");
     if (ev.type === "done") {
+      setDecision(wrap, ev.documents, ev.general_knowledge);
       if (ev.finish_reason === "cancelled") setStatus(wrap, "cancelled");
       if (ev.finish_reason === "length") setStatus(wrap, "length", "cut at the length limit");
       if (ev.finish_reason === "repetition") setStatus(wrap, "repetition", "stopped: the answer was repeating itself");
@@ -280,7 +434,7 @@
     addMessage("user", text);
     const el = addMessage("assistant", "");
     el.classList.add("streaming");
-    streaming = { el, text: "", sources: [] };
+    streaming = { el, text: "", sources: [], citations: null };
     setBusy(true);
     const frame = { type: "chat", message: text, route: els.route.value };
     if (conversationId) frame.conversation_id = conversationId;
