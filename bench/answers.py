@@ -55,7 +55,7 @@ DECODING = ("temperature", "top_p", "repetition_penalty", "frequency_penalty", "
 DECLINES = re.compile(
     r"(do(es)? not (say|mention|contain|cover|answer|provide|include)|don't (say|mention)|not (mentioned|covered|"
     r"stated|specified)|no (information|mention)|(could|can)( ?no|')t find|not find anything|won't guess|"
-    r"is not in the (documents|passages))",
+    r"is not in the (documents|passages)|no documents about)",
     re.I,
 )
 
@@ -161,6 +161,106 @@ def spread(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [items[int(i * step)] for i in range(n)]
 
 
+COMPANY = ROOT / "bench" / "data" / "company_questions.jsonl"
+
+
+def company_questions(path: Path = COMPANY) -> list[dict[str, Any]]:
+    """Questions about the organisation that no document answers, asked with the route left to Enclave."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        {
+            "id": f"company:{n}",
+            "corpus": "company",
+            "question": r["question"],
+            "entity": "",
+            "uri": "",
+            "reference": r["question"],
+            "unanswerable": True,
+            "kind": "company",
+            "route": "auto",
+        }
+        for n, r in enumerate(rows, 1)
+    ]
+
+
+def plan(
+    py_qs: list[dict[str, Any]], man_qs: list[dict[str, Any]], per_corpus: int, near: int, off: int
+) -> dict[str, Any]:
+    """Which questions are asked, and which pages each collection lacks. Disjoint sets of questions:
+    - answerable: `per_corpus` of each corpus, asked of `<corpus>-near`, which holds their pages;
+    - near-domain unanswerable: `near` of each corpus, asked of the same `<corpus>-near`, which lacks their pages;
+    - off-domain unanswerable: `off` Python questions asked of `man-near`;
+    - calibration (bench/answerability fits the decision on these, never on the above): every other question, every
+      second one's page removed from `<corpus>-cal`."""
+    out: dict[str, Any] = {"answerable": [], "near": [], "off": [], "calibration": [], "removed": {}}
+    for corpus, qs in (("pylib", py_qs), ("man", man_qs)):
+        asked = spread(qs, per_corpus)
+        ids = {q["id"] for q in asked}
+        rest = [q for q in qs if q["id"] not in ids]
+        gone = spread(rest, near)
+        ids |= {q["id"] for q in gone}
+        rest = [q for q in rest if q["id"] not in ids]
+        if corpus == "pylib":
+            offs = spread(rest, off)
+            ids |= {q["id"] for q in offs}
+            rest = [q for q in rest if q["id"] not in ids]
+            out["off"] = [
+                {**q, "id": "none:" + q["entity"], "unanswerable": True, "kind": "off", "collection": "man-near"}
+                for q in offs
+            ]
+        out["answerable"] += [{**q, "collection": f"{corpus}-near", "kind": "answerable"} for q in asked]
+        out["near"] += [
+            {**q, "id": "near:" + q["id"], "unanswerable": True, "kind": "near", "collection": f"{corpus}-near"}
+            for q in gone
+        ]
+        cal_removed = rest[1::2]
+        removed = {q["uri"] for q in cal_removed}
+        out["calibration"] += [
+            {**q, "collection": f"{corpus}-cal", "answerable": q["uri"] not in removed} for q in rest
+        ]
+        out["removed"][f"{corpus}-near"] = sorted({q["uri"] for q in gone})
+        out["removed"][f"{corpus}-cal"] = sorted(removed)
+    return out
+
+
+def copy_without(kb: KnowledgeBase, source: str, target: str, uris: list[str]) -> None:
+    """`target`: a copy of collection `source` without the chunks of the documents at `uris` (vectors copied, not
+    embedded again). Made once; an existing target is kept."""
+    from enclave.knowledge.chroma import get_all
+
+    if target in kb.collection_names():
+        return
+    src = kb._collection(source)
+    got = get_all(src, ["documents", "metadatas", "embeddings"])
+    drop = set(uris)
+    keep = [i for i, m in enumerate(got["metadatas"]) if m.get("uri") not in drop]
+    missing = drop - {m.get("uri") for m in got["metadatas"]}
+    if missing:
+        raise SystemExit(f"{source} lacks pages it should hold: {sorted(missing)[:3]}")
+    dst = kb._collection(target, create=True)
+    for a in range(0, len(keep), 2000):
+        part = keep[a : a + 2000]
+        dst.add(
+            ids=[got["ids"][i] for i in part],
+            documents=[got["documents"][i] for i in part],
+            metadatas=[got["metadatas"][i] for i in part],
+            embeddings=[got["embeddings"][i] for i in part],
+        )
+    kb._changed(target)
+
+
+def prepare(runner: Runner, console: Console, per_corpus: int, near: int, off: int) -> dict[str, Any]:
+    """The two corpora ingested, the question plan, and the collections without their removed pages."""
+    man_docs, man_qs = man_corpus()
+    py_qs = python_questions(PYDOCS)
+    ingest(runner, "pylib", [(str(p.resolve()), p.read_bytes()) for p in sorted(PYDOCS.glob("*.html"))], console)
+    ingest(runner, "man", [(uri, body.encode()) for uri, body in man_docs], console)
+    planned = plan(py_qs, man_qs, per_corpus, near, off)
+    for target, uris in planned["removed"].items():
+        copy_without(runner.kb, target.split("-")[0], target, uris)
+    return planned
+
+
 # -- scoring -----------------------------------------------------------------------------------------
 def names(answer: str, entity: str) -> bool:
     """The entity as a word of its own (`json`, `json.dumps`, not `jsonschema`), case-sensitive."""
@@ -237,19 +337,22 @@ class Runner:
         by_id = dict(zip(got["ids"], got["documents"], strict=True))
         return [by_id.get(i, "") for i in ids]
 
-    async def ask(self, q: dict[str, Any], collection: str, max_tokens: int) -> dict[str, Any]:
+    async def ask(self, q: dict[str, Any], collection: str | None, max_tokens: int) -> dict[str, Any]:
         from enclave.api.auth import ANONYMOUS
         from enclave.chat.schema import ChatRequest
 
-        req = ChatRequest(message=q["question"], route="rag", collection=collection, max_tokens=max_tokens)
+        route = q.get("route", "rag")
+        req = ChatRequest(message=q["question"], route=route, collection=collection, max_tokens=max_tokens)
         registry = self.state.pipeline.metrics.registry
         grounded_before = registry.get_sample_value("enclave_grounding_seconds_sum") or 0.0
         t0 = time.perf_counter()
         ttft: float | None = None
-        text, sources, done, error, citations = "", [], {}, None, None
+        text, sources, done, error, citations, routed = "", [], {}, None, None, {}
         async for ev in self.state.pipeline.run(req, ANONYMOUS):
             kind = ev.type
-            if kind == "token":
+            if kind == "route":
+                routed = ev.model_dump()
+            elif kind == "token":
                 ttft = ttft if ttft is not None else time.perf_counter() - t0
                 text += ev.text  # type: ignore[union-attr]
             elif kind == "sources":
@@ -267,10 +370,16 @@ class Runner:
         tokens = int(usage.get("completion_tokens", 0))
         decode_s = elapsed - (ttft or 0.0)
         from enclave.chat.grounding import UNVERIFIED_NOTICE
+        from enclave.chat.rag import GENERAL_LABEL
 
+        text, _, general = text.partition("\n\n" + GENERAL_LABEL)
         model_text, _, quoted = text.partition("\n\n" + UNVERIFIED_NOTICE)
         return {
             "answer": model_text,
+            "general": general.strip(),
+            "route": routed.get("route"),
+            "answerable_p": (routed.get("scores") or {}).get("answerable"),
+            "documents": done.get("documents"),
             "quoted_instead": bool(quoted),
             "pipeline_citations": citations,
             "grounding_ms": round(1000 * grounding_s, 2) if citations else None,
@@ -312,14 +421,27 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
         "support": [round(g.cited_support, 3) for g in grounded],
         "degenerate": degenerate(answer, str(got["finish_reason"])),
         "cosine": round(float(cosine), 4),
-        "declined": bool(DECLINES.search(answer)) and not (q["entity"] and names(answer, q["entity"])),
+        "declined": (bool(DECLINES.search(answer)) or got.get("documents") == "declined")
+        and not (q["entity"] and names(answer, q["entity"])),
+        "general_right": names(got.get("general", ""), q["entity"]) if q["entity"] and got.get("general") else None,
         "support_threshold": SUPPORTED,
         # What the pipeline's check cost per sentence it checked.
         "grounding_ms_per_sentence": (
             round(got["grounding_ms"] / checked, 2) if checked and got.get("grounding_ms") is not None else None
         ),
     }
+    row["outcome"] = outcome(row)
     return row
+
+
+def outcome(row: dict[str, Any]) -> str:
+    """What the person reads, in one word. Answerable: right, declined (a false decline) or wrong. Unanswerable:
+    declined, right (named the expected thing from another page) or fabricated (anything else said as an answer)."""
+    if row.get("names_entity"):
+        return "right"
+    if row["declined"]:
+        return "declined"
+    return "fabricated" if row.get("unanswerable") else "wrong"
 
 
 def _after_check(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -373,6 +495,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             # The answers shown as "could not verify" with the passages quoted, and how many of them were right.
             "quoted_instead": share(items, "quoted_instead"),
             "quoted_but_right": share([r for r in items if r["quoted_instead"]], "names_entity"),
+            "false_declines": share([{**r, "x": r.get("outcome", outcome(r)) == "declined"} for r in items], "x"),
         }
     if unanswerable:
         out["unanswerable"] = {
@@ -383,6 +506,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ),
             "degenerate": share(unanswerable, "degenerate"),
         }
+    # Honesty, per kind of unanswerable question: declined, right anyway, fabricated.
+    for kind in ("near", "off", "company"):
+        items = [{**r, "o": r.get("outcome", outcome(r))} for r in unanswerable if r.get("kind") == kind]
+        if items:
+            out[f"honesty_{kind}"] = {
+                "questions": len(items),
+                **{
+                    o: share([{**r, "x": r["o"] == o} for r in items], "x") for o in ("declined", "right", "fabricated")
+                },
+                "honest": share([{**r, "x": r["o"] in ("declined", "right")} for r in items], "x"),
+                "general_right": share([r for r in items if r.get("general_right") is not None], "general_right"),
+            }
     ttft = [r["ttft_ms"] for r in rows if r["ttft_ms"] is not None]
     tps = [r["tokens_per_s"] for r in rows if r["tokens_per_s"] is not None]
     whole = [float(w) for w in (r.get("answer_ms") or _answer_ms(r) for r in rows) if w is not None]
@@ -421,6 +556,49 @@ def ingest(runner: Runner, corpus: str, docs: list[tuple[str, bytes]], console: 
             bar.advance(task)
 
 
+def honesty_curve(result: dict[str, Any], png: Path) -> Path | None:
+    """The decision's operating curve on the questions asked: for every threshold on the probability that the
+    documents answer, the answerable questions it would decline against the near-domain unanswerable ones it would
+    leave honest (declined before generation, or answered and then declined or right); the shipped point marked."""
+    rows = [r for r in result["answers"] if r.get("answerable_p") is not None]
+    ans = [r for r in rows if r.get("kind") == "answerable"]
+    near = [r for r in rows if r.get("kind") == "near"]
+    if not ans or not near:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = []
+    for t in [i / 100 for i in range(101)]:
+        fd = sum(r["answerable_p"] < t or r["outcome"] == "declined" for r in ans) / len(ans)
+        honest = sum(r["answerable_p"] < t or r["outcome"] in ("declined", "right") for r in near) / len(near)
+        pts.append((fd, honest))
+    now_fd = sum(r["outcome"] == "declined" for r in ans) / len(ans)
+    now_h = sum(r["outcome"] in ("declined", "right") for r in near) / len(near)
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    ax.plot([a for a, _ in pts], [b for _, b in pts], label="declining below a threshold on the decision")
+    ax.plot([now_fd], [now_h], "o", color="C3", label="as served")
+    ax.axvline(0.05, color="#999", ls=":", lw=1)
+    ax.axhline(0.90, color="#999", ls=":", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"answerable questions declined ({len(ans)})")
+    ax.set_ylabel(f"near-domain unanswerable left honest ({len(near)})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"bench.answers — {result['label']}: honesty vs false declines")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def cell(m: dict[str, Any]) -> str:
+    return f"{m['share']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m["share"] is not None else "–"
+
+
 def report_md(result: dict[str, Any], path: Path) -> None:
     """A Markdown page with the summary table and histograms of support and cosine (PNG beside it)."""
     import matplotlib
@@ -454,7 +632,7 @@ def report_md(result: dict[str, Any], path: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for corpus, s in result["summary"].items():
-        if corpus in ("speed", "unanswerable"):
+        if corpus in ("speed", "unanswerable") or corpus.startswith("honesty_"):
             continue
 
         def cell(m: dict[str, Any]) -> str:
@@ -468,8 +646,29 @@ def report_md(result: dict[str, Any], path: Path) -> None:
     if "unanswerable" in result["summary"]:
         u = result["summary"]["unanswerable"]
         named = u["named_a_module"]["share"]
-        lines += ["", f"Unanswerable: declined {u['declined']['share']:.2f} of {u['questions']}"
-                  + (f" (named a module anyway: {named:.2f})." if named is not None else ".")]
+        lines += [
+            "",
+            f"Unanswerable: declined {u['declined']['share']:.2f} of {u['questions']}"
+            + (f" (named a module anyway: {named:.2f})." if named is not None else "."),
+        ]
+    lines += [
+        "",
+        "| unanswerable | questions | honest (declined or right) | declined | right anyway | fabricated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("near", "off", "company"):
+        h = result["summary"].get(f"honesty_{kind}")
+        if h:
+            lines.append(
+                f"| {kind} | {h['questions']} | {cell(h['honest'])} | {cell(h['declined'])} | {cell(h['right'])} | "
+                f"{cell(h['fabricated'])} |"
+            )
+    for corpus, s in result["summary"].items():
+        if isinstance(s, dict) and "false_declines" in s:
+            lines.append(f"\n{corpus}: false declines {cell(s['false_declines'])}.")
+    curve_png = honesty_curve(result, path.with_name(path.stem + "_curve.png"))
+    if curve_png:
+        lines += ["", f"![operating curve]({curve_png.name})"]
     sp = result["summary"]["speed"]
     lines += [
         "",
@@ -490,7 +689,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", type=Path, default=ROOT / ".cache" / "bench-answers", help="bench data dir")
     ap.add_argument("--fresh", action="store_true", help="re-ingest the corpora")
     ap.add_argument("--per-corpus", type=int, default=60, help="questions per corpus")
-    ap.add_argument("--unanswerable", type=int, default=30, help="Python questions asked of the man pages")
+    ap.add_argument("--unanswerable", type=int, default=30, help="off-domain: Python questions asked of the man pages")
+    ap.add_argument("--near", type=int, default=20, help="near-domain per corpus: asked without their page")
+    ap.add_argument("--company", type=int, default=20, help="questions about the organisation (route auto)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--label", default="default")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -533,16 +734,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.questions:
         asked, unanswerable = [q for q in own if not q["unanswerable"]], [q for q in own if q["unanswerable"]]
     else:
-        man_docs, man_qs = man_corpus()
-        py_qs = python_questions(PYDOCS)
-        ingest(runner, "pylib", [(str(p.resolve()), p.read_bytes()) for p in sorted(PYDOCS.glob("*.html"))], console)
-        ingest(runner, "man", [(uri, body.encode()) for uri, body in man_docs], console)
-        asked = spread(py_qs, args.per_corpus) + spread(man_qs, args.per_corpus)
-        picked = {q["id"] for q in asked}
-        unanswerable = [
-            {**q, "id": "none:" + q["entity"], "unanswerable": True}
-            for q in spread([q for q in py_qs if q["id"] not in picked], args.unanswerable)
-        ]
+        planned = prepare(runner, console, args.per_corpus, args.near, args.unanswerable)
+        asked = planned["answerable"]
+        unanswerable = planned["near"] + planned["off"] + company_questions()[: args.company]
     embed = runner.kb.embedder.embed
     # Each answer is appended here as it is scored, so a run that stops resumes where it was (same label).
     partial = args.out.with_suffix(".partial.jsonl")
@@ -564,11 +758,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rows.append(done_before[q["id"]])
                     bar.advance(task)
                     continue
-                collection = q.get("collection") or (
-                    "man" if q.get("unanswerable") or q["corpus"] == "man" else "pylib"
-                )
+                collection = q.get("collection")
                 got = await runner.ask(q, collection, args.max_tokens)
-                passages = runner.passages(collection, [s["id"] for s in got["sources"]])
+                # A question with the route left to Enclave may be answered from any collection: not scored for support.
+                passages = runner.passages(collection, [s["id"] for s in got["sources"]]) if collection else []
                 rows.append(score(q, got, passages, embed))
                 with partial.open("a") as f:
                     f.write(json.dumps({"label": args.label, "id": q["id"], "row": rows[-1]}) + "\n")
@@ -586,11 +779,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": f"{m.name} ({base_gguf(settings).name})",
         "engine": runner.state.backend.engine_status,
         "prompt": rag_prompt_of(settings),
-        "decoding": {
-            k: v
-            for k, v in m.model_dump().items()
-            if k in DECODING
-        },
+        "decoding": {k: v for k, v in m.model_dump().items() if k in DECODING},
         "max_tokens": args.max_tokens,
         "summary": summarize(rows),
         "answers": rows,
@@ -621,7 +810,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         return "–" if m["share"] is None else f"{m['share']:.2f} [{m['ci95'][0]:.2f}–{m['ci95'][1]:.2f}]"
 
     for corpus, s in result["summary"].items():
-        if corpus in ("speed", "unanswerable"):
+        if corpus in ("speed", "unanswerable") or corpus.startswith("honesty_"):
             continue
         table.add_row(
             corpus,
@@ -638,6 +827,17 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     if "unanswerable" in result["summary"]:
         u = result["summary"]["unanswerable"]
         console.print(f"unanswerable: declined {cell(u['declined'])}, named a module {cell(u['named_a_module'])}")
+    for kind in ("near", "off", "company"):
+        h = result["summary"].get(f"honesty_{kind}")
+        if h:
+            console.print(
+                f"{kind}-domain unanswerable ({h['questions']}): honest {cell(h['honest'])} — declined "
+                f"{cell(h['declined'])}, right anyway {cell(h['right'])}, fabricated {cell(h['fabricated'])}"
+                + (f"; general knowledge right {cell(h['general_right'])}" if h["general_right"]["n"] else "")
+            )
+    for corpus, s in result["summary"].items():
+        if isinstance(s, dict) and "false_declines" in s:
+            console.print(f"{corpus}: false declines {cell(s['false_declines'])}")
     console.print(f"speed: {result['summary']['speed']}")
     if result.get("against"):
         console.print(f"against {result['against']['label']}: {json.dumps(result['against'])}")

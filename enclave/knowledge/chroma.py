@@ -15,7 +15,7 @@ def get_all(col: Any, include: list[str], page: int = PAGE) -> dict[str, list[An
     while True:
         got = col.get(include=include, limit=page, offset=offset)
         for key in out:
-            out[key] += got[key] or []
+            out[key] += list(got[key]) if got[key] is not None else []  # embeddings come as an array
         if len(got["ids"]) < page:
             return out
         offset += page

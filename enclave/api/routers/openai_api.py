@@ -97,6 +97,8 @@ async def chat_completions(
                 "conversation_id": d.conversation_id,
                 "message_id": d.message_id,
                 "finish_reason": d.finish_reason,
+                "documents": d.documents,
+                "general_knowledge": d.general_knowledge,
                 "events": extras[i],
             }
             for i, d in enumerate(finished)
