@@ -52,23 +52,27 @@ def gather(runner: Runner, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+USED: tuple[str, ...] = FEATURES  # the features the fitted model uses (--features)
+C = 1.0  # inverse regularisation strength of the logistic model (--c)
+
+
 def matrix(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.array([[r["features"][f] for f in FEATURES] for r in rows], dtype=np.float64)
+    x = np.array([[r["features"][f] for f in USED] for r in rows], dtype=np.float64)
     y = np.array([bool(r["answerable"]) for r in rows])
     return x, y
 
 
-def fit(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> Model:
+def fit(x: np.ndarray, y: np.ndarray) -> Model:
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
-    lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, y)
-    return Model(FEATURES, tuple(mean), tuple(scale), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.0, 0.0)
+    lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / scale, y)
+    return Model(USED, tuple(mean), tuple(scale), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.0, 0.0)
 
 
 def predict(model: Model, x: np.ndarray) -> np.ndarray:
-    return np.array([model.probability(dict(zip(FEATURES, row, strict=True))) for row in x])
+    return np.array([model.probability(dict(zip(USED, row, strict=True))) for row in x])
 
 
 def cross_validated(rows: list[dict[str, Any]], folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -150,21 +154,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-unanswerable-answered", type=float, default=0.10)
     ap.add_argument("--write", action="store_true", help=f"write the fitted model to {MODEL_FILE}")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--features", default=",".join(FEATURES), help="the features the model uses, comma-separated")
+    ap.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength of the logistic model")
+    ap.add_argument("--rows", type=Path, help="refit from the features an earlier run saved (no knowledge base)")
     args = ap.parse_args(argv)
-    if not PYDOCS.is_dir():
-        raise SystemExit(f"{PYDOCS} not found: install Debian's python3.11-doc (make pydocs)")
-    offline_environment()
-    os.environ["ENCLAVE_DATA_DIR"] = str(args.data)
-    settings = Settings(data_dir=str(args.data))
-    settings.rag.ingest_samples = False
-    settings.models.base = "smollm2-135m-instruct"  # no generation here: the smallest model loads fastest
-    console = Console()
-    runner = Runner(settings)
-    import asyncio
+    global USED, C
+    USED, C = tuple(f for f in args.features.split(",") if f), args.c
+    if set(USED) - set(FEATURES):
+        raise SystemExit(f"unknown features: {sorted(set(USED) - set(FEATURES))}")
+    runner = None
+    if args.rows:
+        rows = json.loads(args.rows.read_text())["rows"]
+    else:
+        if not PYDOCS.is_dir():
+            raise SystemExit(f"{PYDOCS} not found: install Debian's python3.11-doc (make pydocs)")
+        offline_environment()
+        os.environ["ENCLAVE_DATA_DIR"] = str(args.data)
+        settings = Settings(data_dir=str(args.data))
+        settings.rag.ingest_samples = False
+        settings.models.base = "smollm2-135m-instruct"  # no generation here: the smallest model loads fastest
+        runner = Runner(settings)
+        import asyncio
 
-    asyncio.run(runner.start())
-    planned = prepare(runner, console, args.per_corpus, args.near, args.unanswerable)
-    rows = gather(runner, planned["calibration"])
+        asyncio.run(runner.start())
+        planned = prepare(runner, Console(), args.per_corpus, args.near, args.unanswerable)
+        rows = gather(runner, planned["calibration"])
     x, y = matrix(rows)
     kfold, loco = cross_validated(rows)
     low, high = thresholds(kfold, y, args.max_false_declines, args.max_unanswerable_answered)
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "auc_leave_one_corpus_out": round(auc(loco, y), 3),
         },
     )
-    single = {f: auc(x[:, i], y) for i, f in enumerate(FEATURES)}
+    single = {f: auc(x[:, i], y) for i, f in enumerate(USED)}
 
     # The outcome shares of the cross-validated probabilities at the chosen thresholds.
     def shares(p: np.ndarray) -> dict[str, float]:
@@ -198,12 +212,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "unanswerable_answered": round(float((p[~y] >= high).mean()), 3),
         }
 
-    timing = [r["feature_ms"] for r in rows]
+    timing = [r["feature_ms"] for r in rows if "feature_ms" in r] or [0.0]
     decide_ms = []
-    for r in rows[:200]:
+    for r in [r for r in rows if "chunks" in r][:200]:
         t0 = time.perf_counter()
         decide(r["question"], r["chunks"], model)
         decide_ms.append(1000 * (time.perf_counter() - t0))
+    decide_ms = decide_ms or [0.0]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
@@ -218,7 +233,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "curve_5fold": curve(kfold, y),
         "curve_leave_one_corpus_out": curve(loco, y),
-        "curve_top_dense_only": curve(x[:, FEATURES.index("top_dense")], y),
+        "curve_top_dense_only": curve(np.array([r["features"]["top_dense"] for r in rows]), y),
+        "rows": [
+            {"id": r["id"], "corpus": r["corpus"], "answerable": r["answerable"], "features": r["features"]}
+            for r in rows
+        ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
@@ -253,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table.add_row(f"leave one corpus out: {k}", f"{v:.3f}")
     table.add_row("decide() ms p50 / p95", f"{result['decide_ms']['p50']} / {result['decide_ms']['p95']}")
     Console().print(table)
-    runner.state.close()
+    if runner is not None:
+        runner.state.close()
     return result
 
 

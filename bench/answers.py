@@ -410,7 +410,8 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
         **got,
         "retrieved_page": any(s["uri"] == q["uri"] for s in got["sources"]),
         # None: the question says nothing to check this against (an operator's question without `expect`/`source`).
-        "names_entity": names(answer, q["entity"]) if q["entity"] else None,
+        # A decline names nothing as the answer, whatever its quoted passages mention.
+        "names_entity": (names(answer, q["entity"]) and got.get("documents") != "declined") if q["entity"] else None,
         "cites_page": q["uri"] in cited_uris if q["uri"] else None,
         "cites_any": bool(cited),
         "sentences": len(grounded),
@@ -421,8 +422,8 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
         "support": [round(g.cited_support, 3) for g in grounded],
         "degenerate": degenerate(answer, str(got["finish_reason"])),
         "cosine": round(float(cosine), 4),
-        "declined": (bool(DECLINES.search(answer)) or got.get("documents") == "declined")
-        and not (q["entity"] and names(answer, q["entity"])),
+        "declined": got.get("documents") == "declined"
+        or (bool(DECLINES.search(answer)) and not (q["entity"] and names(answer, q["entity"]))),
         "general_right": names(got.get("general", ""), q["entity"]) if q["entity"] and got.get("general") else None,
         "support_threshold": SUPPORTED,
         # What the pipeline's check cost per sentence it checked.

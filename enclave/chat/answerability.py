@@ -75,6 +75,29 @@ def _dense(c: Chunk) -> float:
     return float(c.metadata.get("dense_score", c.score))
 
 
+def idf_of(chunks: Sequence[Chunk]) -> dict[str, float] | None:
+    """The query terms' idf in the collection, as the search recorded it (None from a retriever that does not)."""
+    for c in chunks:
+        idf = c.metadata.get("query_idf")
+        if isinstance(idf, dict) and idf:
+            return idf
+    return None
+
+
+def _weights(terms: Sequence[str], vocabs: Sequence[set[str]], idf: dict[str, float] | None) -> dict[str, float]:
+    """A key term's weight: its idf in the whole collection where the search gives it (a word every page has
+    tells nothing), else its rarity among the candidates."""
+    out = {}
+    for t in terms:
+        parts = [idf[p] for p in re.findall(r"[a-z0-9_]+", t) if idf and p in idf]
+        if parts:
+            out[t] = max(0.0, max(parts))
+        else:
+            n = max(len(vocabs), 1)
+            out[t] = math.log((n + 1) / (sum(_has(t, v) for v in vocabs) + 0.5))
+    return out
+
+
 @dataclass
 class Decision:
     outcome: Outcome
@@ -93,7 +116,7 @@ def features(question: str, chunks: Sequence[Chunk]) -> dict[str, float]:
     texts = [_vocab(heading(c) + " " + c.text) for c in chunks]
     heads = [_vocab(heading(c)) for c in chunks]
     n = len(chunks)
-    weights = {t: math.log((n + 1) / (sum(_has(t, v) for v in texts) + 0.5)) for t in terms}
+    weights = _weights(terms, texts, idf_of(chunks))
     total = sum(weights.values()) or 1.0
 
     def cover(vocab: set[str]) -> float:
@@ -211,11 +234,9 @@ def named_things(sentence: str) -> list[str]:
 ON_QUESTION = 0.5
 
 
-def term_weights(question: str, passages: Sequence[str]) -> dict[str, float]:
-    """The question's key terms, each weighted by its rarity among the passages (as `features` weighs them)."""
-    vocabs = [_vocab(p) for p in passages]
-    n = max(len(vocabs), 1)
-    return {t: math.log((n + 1) / (sum(_has(t, v) for v in vocabs) + 0.5)) for t in key_terms(question)}
+def term_weights(question: str, passages: Sequence[str], idf: dict[str, float] | None = None) -> dict[str, float]:
+    """The question's key terms, each weighted as `features` weighs them."""
+    return _weights(key_terms(question), [_vocab(p) for p in passages], idf)
 
 
 def answer_note(question: str, sentence: str, passage: str, weights: dict[str, float]) -> str | None:

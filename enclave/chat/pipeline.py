@@ -462,7 +462,7 @@ class ChatPipeline:
         )
         sentences = grounding.citations(checked)
         bodies = [f"{c.title} {c.metadata.get('section') or ''}\n{c.text}" for c in passages]
-        weights = answerability.term_weights(question, bodies)
+        weights = answerability.term_weights(question, bodies, answerability.idf_of(passages))
         for s in sentences:
             source = s["source"]
             note = (
@@ -475,7 +475,8 @@ class ChatPipeline:
         failed = sum(not s["verified"] for s in sentences)
         if held:
             turn.held = ""
-            if failed or not sentences or result.finish_reason == "repetition":
+            said_no = text.strip().rstrip(".") == rag.DECLINE.rstrip(".")  # the model's own "the documents do not say"
+            if failed or said_no or not sentences or result.finish_reason == "repetition":
                 log.info("a held answer failed its check and was declined: %r", text[:200])
                 turn.documents = "declined"
                 return

@@ -39,6 +39,7 @@ class BM25Index:
         self.ids = ids
         self.vocab: dict[str, int] = {}
         self.matrix: Any = None
+        self.idf: Any = None
         if not ids:
             return
         rows: list[int] = []
@@ -57,10 +58,21 @@ class BM25Index:
         df = np.bincount(np.asarray(cols), minlength=len(self.vocab)).astype(np.float64)
         idf = np.log(n - df + 0.5) - np.log(df + 0.5)
         idf[idf < 0] = self.EPS * idf.mean()
+        self.idf = idf
+        self.unseen = float(np.log(n + 0.5) - np.log(0.5))  # a term no chunk holds
         norm = self.K1 * (1 - self.B + self.B * lengths / lengths.mean())
         row_of = np.repeat(np.arange(n), np.diff(tf.indptr))
         tf.data = (tf.data * (self.K1 + 1) / (tf.data + norm[row_of]) * idf[tf.indices]).astype(np.float32)
         self.matrix = tf.tocsc()
+
+    def rarity(self, query: str) -> dict[str, float]:
+        """Each query term's idf in the collection (how much it tells chunks apart); an unknown term gets the
+        idf of a term no chunk holds."""
+        if self.idf is None:
+            return {}
+        return {
+            t: round(float(self.idf[self.vocab[t]]) if t in self.vocab else self.unseen, 3) for t in tokenize(query)
+        }
 
     def top(self, query: str, n: int) -> list[tuple[str, float]]:
         import numpy as np
@@ -136,8 +148,11 @@ def hybrid_search(
         res = col.query(query_embeddings=[qvec], n_results=depth, include=[])
         dense = list(res["ids"][0])
     lexical: list[tuple[str, float]] = []
+    rarity: dict[str, float] = {}
     if mode in ("bm25", "hybrid"):
-        lexical = lexicon().top(query, depth)
+        index = lexicon()
+        lexical = index.top(query, depth)
+        rarity = index.rarity(query)
     fused = fuse(dense, [cid for cid, _ in lexical])
     top = sorted(fused, key=lambda c: -fused[c])[:k]
     if not top:
@@ -160,6 +175,8 @@ def hybrid_search(
                 "section": meta.get("section") or "",
                 "page": meta.get("page") or None,
                 "doc_id": meta["doc_id"],
+                # the query's terms and their idf in the collection, one dict shared by the chunks of one search
+                "query_idf": rarity,
             },
             embedding=vec,
         )
