@@ -44,6 +44,7 @@ FEATURES = (
     "absent",  # weighted share of key terms that no candidate holds
     "agree",  # the best dense and the best BM25 candidate are one document
     "key_terms",  # how many key terms the question has (log)
+    "lead_cover",  # the same over the line after a candidate's first (a man page's NAME line follows "Name")
 )
 
 
@@ -67,8 +68,19 @@ def _has(term: str, vocab: set[str]) -> bool:
 
 
 def heading(c: Chunk) -> str:
-    first = c.text.strip().split("\n", 1)[0][:200]
-    return " ".join((c.title, str(c.metadata.get("section") or ""), first))
+    """What a passage says it is about: its title, section and first line of text."""
+    return " ".join((c.title, str(c.metadata.get("section") or ""), _lines(c)[0][:200] if _lines(c) else ""))
+
+
+def lead(c: Chunk) -> str:
+    """A passage's second line: where a page whose chunks start with their section's name ("Name") says what it
+    is ("rmdir - remove empty directories")."""
+    lines = _lines(c)
+    return lines[1][:200] if len(lines) > 1 else ""
+
+
+def _lines(c: Chunk) -> list[str]:
+    return [ln.strip().lstrip("#").strip() for ln in c.text.strip().splitlines()[:3] if ln.strip()]
 
 
 def _dense(c: Chunk) -> float:
@@ -137,6 +149,7 @@ def features(question: str, chunks: Sequence[Chunk]) -> dict[str, float]:
         absent=sum(w for t, w in weights.items() if not any(_has(t, v) for v in texts)) / total if terms else 0.0,
         agree=float(doc[best_dense] == doc[best_bm25]),
         key_terms=math.log1p(len(terms)),
+        lead_cover=max(cover(_vocab(lead(c))) for c in chunks),
     )
     return {k: round(v, 4) for k, v in out.items()}
 
