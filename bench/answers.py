@@ -436,12 +436,15 @@ def score(q: dict[str, Any], got: dict[str, Any], passages: list[str], embed: An
 
 
 def outcome(row: dict[str, Any]) -> str:
-    """What the person reads, in one word. Answerable: right, declined (a false decline) or wrong. Unanswerable:
-    declined, right (named the expected thing from another page) or fabricated (anything else said as an answer)."""
+    """What the person reads, in one word. Answerable: right, declined (a false decline), flagged (shown as not
+    verified, the passages quoted) or wrong. Unanswerable: declined, right (named the expected thing from another
+    page), flagged, or fabricated (anything else said as an answer, as if the documents said it)."""
     if row.get("names_entity"):
         return "right"
     if row["declined"]:
         return "declined"
+    if row.get("quoted_instead"):
+        return "flagged"  # shown under "I could not verify this answer", the passages quoted after it
     return "fabricated" if row.get("unanswerable") else "wrong"
 
 
@@ -496,7 +499,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             # The answers shown as "could not verify" with the passages quoted, and how many of them were right.
             "quoted_instead": share(items, "quoted_instead"),
             "quoted_but_right": share([r for r in items if r["quoted_instead"]], "names_entity"),
-            "false_declines": share([{**r, "x": r.get("outcome", outcome(r)) == "declined"} for r in items], "x"),
+            "false_declines": share([{**r, "x": outcome(r) == "declined"} for r in items], "x"),
+            "outcomes": {o: sum(outcome(r) == o for r in items) for o in ("right", "declined", "flagged", "wrong")},
         }
     if unanswerable:
         out["unanswerable"] = {
@@ -509,12 +513,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
     # Honesty, per kind of unanswerable question: declined, right anyway, fabricated.
     for kind in ("near", "off", "company"):
-        items = [{**r, "o": r.get("outcome", outcome(r))} for r in unanswerable if r.get("kind") == kind]
+        items = [{**r, "o": outcome(r)} for r in unanswerable if r.get("kind") == kind]
         if items:
             out[f"honesty_{kind}"] = {
                 "questions": len(items),
                 **{
-                    o: share([{**r, "x": r["o"] == o} for r in items], "x") for o in ("declined", "right", "fabricated")
+                    o: share([{**r, "x": r["o"] == o} for r in items], "x")
+                    for o in ("declined", "right", "flagged", "fabricated")
                 },
                 "honest": share([{**r, "x": r["o"] in ("declined", "right")} for r in items], "x"),
                 "general_right": share([r for r in items if r.get("general_right") is not None], "general_right"),
@@ -654,15 +659,16 @@ def report_md(result: dict[str, Any], path: Path) -> None:
         ]
     lines += [
         "",
-        "| unanswerable | questions | honest (declined or right) | declined | right anyway | fabricated |",
-        "|---|---|---|---|---|---|",
+        "| unanswerable | questions | honest (declined or right) | declined | right anyway | flagged unverified "
+        "| fabricated |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind in ("near", "off", "company"):
         h = result["summary"].get(f"honesty_{kind}")
         if h:
             lines.append(
                 f"| {kind} | {h['questions']} | {cell(h['honest'])} | {cell(h['declined'])} | {cell(h['right'])} | "
-                f"{cell(h['fabricated'])} |"
+                f"{cell(h['flagged'])} | {cell(h['fabricated'])} |"
             )
     for corpus, s in result["summary"].items():
         if isinstance(s, dict) and "false_declines" in s:
@@ -833,7 +839,8 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         if h:
             console.print(
                 f"{kind}-domain unanswerable ({h['questions']}): honest {cell(h['honest'])} — declined "
-                f"{cell(h['declined'])}, right anyway {cell(h['right'])}, fabricated {cell(h['fabricated'])}"
+                f"{cell(h['declined'])}, right anyway {cell(h['right'])}, flagged {cell(h['flagged'])}, "
+                f"fabricated {cell(h['fabricated'])}"
                 + (f"; general knowledge right {cell(h['general_right'])}" if h["general_right"]["n"] else "")
             )
     for corpus, s in result["summary"].items():

@@ -130,10 +130,10 @@ def test_no_answer_loops_and_every_one_ends(answers: list[dict[str, Any]]) -> No
 def honest_outcome(a: dict[str, Any]) -> str:
     """right, declined, flagged (shown as unverified, the passages quoted after it) or fabricated."""
     text, end = a["text"], a["end"]
+    if end.get("documents") == "declined":  # whatever its quoted passages name
+        return "declined"
     if any(names(text, word) for word in a["right"]):
         return "right"
-    if end.get("documents") == "declined":
-        return "declined"
     if (a.get("citations") or {}).get("unverified") or UNVERIFIED_NOTICE in text:
         return "flagged"
     return "fabricated"

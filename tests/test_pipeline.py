@@ -473,8 +473,12 @@ async def test_documents_that_do_not_answer_are_declined_before_any_token_with_t
     assert backend.calls == 0  # decided from the retrieval's signals: no token spent
     assert isinstance(done, DoneEvent) and done.documents == "declined" and not done.general_knowledge
     assistant = messages_of(store, done.conversation_id)[1]
-    assert assistant["citations"] == {"sentences": [], "unverified": False, "documents": "declined",
-                                      "general_knowledge": False}
+    assert assistant["citations"] == {
+        "sentences": [],
+        "unverified": False,
+        "documents": "declined",
+        "general_knowledge": False,
+    }
 
 
 async def test_a_declined_general_question_gets_the_models_own_answer_labelled_as_such(
@@ -484,7 +488,7 @@ async def test_a_declined_general_question_gets_the_models_own_answer_labelled_a
     backend = ScriptedBackend(["Most tools ", "restore from a copy."])
     pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE]))
 
-    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    events = await chat(pipeline, ChatRequest(message="What is a good rotation scheme for backups?", route="rag"))
     done = finished(pipeline, events)
 
     text = shown(events)
@@ -495,6 +499,11 @@ async def test_a_declined_general_question_gets_the_models_own_answer_labelled_a
     assert not isinstance(prompt, str) and [m.role for m in prompt] == ["system", "user"]
     assert RESTORE.text not in prompt_text(prompt)  # its own knowledge: no passages, nothing to cite
     assert messages_of(store, done.conversation_id)[1]["citations"]["general_knowledge"] is True
+    # a question the passages speak of exactly (its key terms in them) gets no general answer: it would be theirs
+    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    done = finished(pipeline, events)
+    assert rag.GENERAL_LABEL not in shown(events) and isinstance(done, DoneEvent) and not done.general_knowledge
+    assert backend.calls == 1
 
 
 async def test_a_question_about_the_organisation_gets_no_made_up_answer_on_any_route(

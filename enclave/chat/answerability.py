@@ -271,3 +271,23 @@ def answer_note(question: str, sentence: str, passage: str, weights: dict[str, f
         if met < ON_QUESTION:
             return "its passage is about something other than what the question asks"
     return None
+
+
+def closest_sentences(question: str, chunk: Chunk, weights: dict[str, float], chars: int = 240) -> str:
+    """The part of a passage that comes closest to the question: its sentence holding most of the question's
+    weighted key terms (the next ones added while they fit), not merely its first characters."""
+    from enclave.chat.grounding import split_sentences
+
+    text = " ".join(chunk.text.split())
+    found = [s.text for s in split_sentences(text)] or [text]
+    total = sum(weights.values()) or 1.0
+    scores = [sum(w for t, w in weights.items() if _has(t, _vocab(s))) / total for s in found]
+    best = max(range(len(found)), key=lambda i: (scores[i], -i))
+    picked = found[best]
+    for nxt in found[best + 1 :]:
+        if len(picked) + 1 + len(nxt) > chars:
+            break
+        picked += " " + nxt
+    if len(picked) > chars:
+        picked = picked[:chars].rsplit(" ", 1)[0] + " …"
+    return ("… " if best else "") + picked

@@ -67,6 +67,8 @@ Event = RouteEvent | SourcesEvent | TokenEvent | CitationsEvent | ModerationEven
 SAVE_EVERY_S = 1.0
 # `auto` without a named collection searches at most this many of the caller's collections.
 MAX_AUTO_COLLECTIONS = 8
+# A declined question whose weighted key terms the passages hold at least this much is about what they cover.
+DOCUMENTS_SPEAK_OF = 0.8
 
 
 class ChatPipeline:
@@ -284,7 +286,7 @@ class ChatPipeline:
             yield SourcesEvent(sources=rag.sources_of(shown))
             if declined:
                 async with contextlib.aclosing(
-                    self._decline(turn, req, message, signals.collection, shown, params, cancel)
+                    self._decline(turn, req, message, signals.collection, shown, params, cancel, decision)
                 ) as inner:
                     async for event in inner:
                         yield event
@@ -328,7 +330,7 @@ class ChatPipeline:
                     yield event
             if turn.documents == "declined":  # the held answer failed its check: the model's words are not shown
                 async with contextlib.aclosing(
-                    self._decline(turn, req, message, signals.collection, relevant[:2], params, cancel)
+                    self._decline(turn, req, message, signals.collection, relevant[:2], params, cancel, decision)
                 ) as inner:
                     async for event in inner:
                         yield event
@@ -357,17 +359,22 @@ class ChatPipeline:
         closest: list[Chunk],
         params: GenerationParams,
         cancel: asyncio.Event,
+        decision: answerability.Decision | None = None,
     ) -> AsyncGenerator[Event, None]:
         """The documents do not hold the answer: say so, quote the closest passages, suggest; then, for a general
         question and when the operator allows it, the model's own answer behind the general-knowledge label."""
         turn.documents = "declined"
         async with contextlib.aclosing(
-            self._say(turn, ("\n\n" if turn.text else "") + rag.decline_text(collection, closest))
+            self._say(turn, ("\n\n" if turn.text else "") + rag.decline_text(collection, closest, message))
         ) as inner:
             async for event in inner:
                 yield event
         turn.result = Generation(finish_reason="stop")
-        if not self.settings.rag.general_knowledge or scope.about_organisation(message) or cancel.is_set():
+        # The model's own knowledge only for a general question, and not when the documents speak of exactly what
+        # it asks (most of its weighted key terms in them): that answer would be the documents' business, and a
+        # small model asked about a private product or procedure invents one.
+        specific = decision is not None and decision.features.get("text_cover", 0.0) >= DOCUMENTS_SPEAK_OF
+        if not self.settings.rag.general_knowledge or specific or scope.about_organisation(message) or cancel.is_set():
             return
         system = req.system or self.settings.models.system_prompt
         prompt = [Message(role="system", content=system), Message(role="user", content=message)]

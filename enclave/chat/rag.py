@@ -12,6 +12,7 @@ from typing import Literal
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 
+from enclave.chat import answerability
 from enclave.core.events import Source
 from enclave.core.protocols import Chunk, GenerationBackend, GenerationParams, Message
 from enclave.core.settings import Settings
@@ -97,20 +98,21 @@ NO_DOCUMENTS = "I have no documents about that, so I won't guess."
 CAVEAT = "Check this against the cited passage: the documents answer this question only in part."
 
 
-def quote(chunks: Sequence[Chunk], limit: int = 2, chars: int = 240) -> str:
-    """The first passages as Markdown quotes ending in their source number and title."""
+def quote(chunks: Sequence[Chunk], question: str = "", limit: int = 2, chars: int = 240) -> str:
+    """The first passages as Markdown quotes ending in their source number and title: of each, the sentences that
+    come closest to the question (its beginning when there is no question)."""
+    weights = answerability.term_weights(question, [c.text for c in chunks], answerability.idf_of(chunks))
     lines = []
     for n, c in enumerate(chunks[:limit], 1):
-        snippet = " ".join(c.text.split())
-        snippet = snippet[:chars].rsplit(" ", 1)[0] + " …" if len(snippet) > chars else snippet
+        snippet = answerability.closest_sentences(question, c, weights, chars)
         lines.append(f"> {snippet} [{n}] ({c.title})")
     return "\n>\n".join(lines)
 
 
-def decline_text(collection: str | None, closest: Sequence[Chunk]) -> str:
+def decline_text(collection: str | None, closest: Sequence[Chunk], question: str = "") -> str:
     parts = [DECLINED.format(collection=collection or "your knowledge base")]
     if closest:
-        parts.append(CLOSEST + "\n\n" + quote(closest))
+        parts.append(CLOSEST + "\n\n" + quote(closest, question))
     parts.append(SUGGESTION)
     return "\n\n".join(parts)
 
