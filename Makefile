@@ -75,6 +75,7 @@ pydocs:
 # default (int8) compared with it question by question.
 bench: setup pydocs
 	$(BIN)/python -m bench.moderation --guard qwen2.5-coder-0.5b-instruct
+	$(BIN)/python -m bench.context_cuts
 	$(BIN)/python -m bench.embedding
 	$(BIN)/python -m bench.retrieval --backend onnx --data .cache/bench-retrieval-onnx --out bench/results/retrieval_onnx.json
 	$(BIN)/python -m bench.retrieval --against bench/results/retrieval_onnx.json

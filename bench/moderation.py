@@ -25,6 +25,7 @@ import json
 import platform
 import random
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import cpu_model
+from enclave.core.protocols import Verdict
 from enclave.core.settings import ModerationSettings
 from enclave.core.stats import wilson
 from enclave.moderation import FastModerator
@@ -320,24 +322,15 @@ def public_set() -> dict[str, Any]:
             {"threshold": float(t), "precision": tp / max(int(pred.sum()), 1), "recall": tp / max(int(truth.sum()), 1)}
         )
     _plot_pr(curve, clf.threshold, score, truth)
-    # Instructions planted in ordinary passages (the sample documents), cut sentence by sentence as context.
-    planted = _planted_passages()
-    cut_right = cut_wrong = total_plants = total_clean = 0
-    for passage, plants in planted:
-        from enclave.moderation import sentences as injection
 
-        spans = injection.sentences(passage)
-        texts = [passage[a:b] for a, b in spans]
+    # Instructions planted in ordinary passages (the sample documents), cut sentence by sentence as context.
+    def context(texts: list[str]) -> list[Verdict]:
         t = time.perf_counter()
         vs = served.verdicts(texts, "context")
         lat["context"].append((time.perf_counter() - t) * 1000)
-        for text, v in zip(texts, vs, strict=True):
-            is_plant = any(p in text for p in plants)
-            hit = v.action == "block" and "prompt_injection" in v.categories
-            total_plants += is_plant
-            total_clean += not is_plant
-            cut_right += hit and is_plant
-            cut_wrong += hit and not is_plant
+        return vs
+
+    planted = planted_cuts(context)
     # Output checks on a growing answer, with the embedder.
     answer = " ".join(_benign_paragraphs())[:3000]
     for end in range(40, len(answer), 40):
@@ -349,12 +342,7 @@ def public_set() -> dict[str, Any]:
         "blocked": table,
         "embedding_operating_point": clf.threshold,
         "pr_curve": curve,
-        "context_injection": {
-            "planted_sentences": total_plants,
-            "cut": cut_right,
-            "clean_sentences": total_clean,
-            "wrongly_cut": cut_wrong,
-        },
+        "context_injection": planted,
         "latency_ms": latency,
         "embedder": f"{emb.name}/{emb.backend}",
         "machine": {"cpu": cpu_model(), "python": platform.python_version()},
@@ -451,7 +439,9 @@ PLANTS = [
 ]
 
 
-def _planted_passages() -> list[tuple[str, list[str]]]:
+def planted_passages() -> list[tuple[str, list[str]]]:
+    """Each sample-document paragraph of over 200 characters with one of PLANTS put in at a sentence boundary:
+    (passage, [the plant])."""
     rng = random.Random(3)
     paras = [p for p in _benign_paragraphs() if len(p) > 200]
     out = []
@@ -460,6 +450,26 @@ def _planted_passages() -> list[tuple[str, list[str]]]:
         cut = para.rfind(". ", 0, rng.randrange(len(para) // 3, len(para)))
         cut = cut + 2 if cut > 0 else 0
         out.append((para[:cut] + plant + " " + para[cut:], [plant]))
+    return out
+
+
+def planted_cuts(verdicts: Callable[[list[str]], Sequence[Verdict]]) -> dict[str, Any]:
+    """The planted passages split into sentences as the pipeline splits them, each sentence judged as context by
+    `verdicts` (one call per passage) and cut when blocked as prompt_injection (what ChatPipeline cuts): how many
+    plants were cut and how many ordinary sentences beside them were; the plants missed, the sentences cut wrongly."""
+    from enclave.moderation.sentences import sentences
+
+    out: dict[str, Any] = {"planted_sentences": 0, "cut": 0, "clean_sentences": 0, "wrongly_cut": 0}
+    out |= {"missed": [], "wrong": []}
+    for passage, plants in planted_passages():
+        texts = [passage[a:b] for a, b in sentences(passage)]
+        for text, v in zip(texts, verdicts(texts), strict=True):
+            is_plant = any(p in text for p in plants)
+            hit = v.action == "block" and "prompt_injection" in v.categories
+            out["planted_sentences" if is_plant else "clean_sentences"] += 1
+            out["cut" if is_plant else "wrongly_cut"] += hit
+            if is_plant != hit:
+                out["missed" if is_plant else "wrong"].append(text)
     return out
 
 

@@ -25,6 +25,26 @@ _INJECTION = re.compile(
 )
 
 
+# Words with which a passage speaks to the model reading it: names for the model, its instructions and answers,
+# what it is to tell the user. An instruction planted in a document must say whom it is for ("AI assistant: …",
+# "If you are an AI, …", "from now on", "tell the user …"); documentation speaks to its reader, a person, and its
+# imperatives ("Leave raw mode.", "Set X to Y") name none of these. Every instruction of the shipped training split
+# (data/train.jsonl, prompt_injection) has one; of 40,906 sentences of the Python tutorial, HOWTOs, FAQ and
+# language reference and of Debian's man pages, 0.3% do ("tell the user not to modify them").
+_ADDRESSED = re.compile(
+    r"(?i)\b(?:ai|a\.i\.|assistants?|chat ?bots?|llms?|gpt|chatgpt|(?:large )?language models?|system prompt|"
+    r"system override|(?:hidden|new|previous|prior|above|earlier|original|initial) "
+    r"(?:instructions?|prompts?|rules|directives)|(?:text|words|everything) above|"
+    r"your (?:\w+ )?(?:instructions|rules|guidelines|programming|restrictions|filters?)|"
+    r"your (?:developers|creators|answers?|responses?|repl(?:y|ies)|context|prompt|output|configuration)|"
+    r"you are (?:now|no longer|an? (?:ai|assistant|language model|chatbot))|from now on|developer mode|jailbr\w*|"
+    r"(?:you (?:have been|are) )?freed from|(?:begin|start|end|finish) (?:your|every|each) (?:answer|response|reply)|"
+    r"before (?:answering|you answer|responding|you respond)|"
+    r"when (?:summari[sz]ing|answering|responding|you (?:summari[sz]e|answer|respond))|"
+    r"(?:tell|ask|inform|remind|convince|urge) the user|ignore the user|reading this)\b"
+)
+
+
 # People a harm can be aimed at. Only people: "kill the process", "shoot the request", "mock the database" and
 # "purge the cache" are how engineers talk, and answers over technical documents are full of them.
 _PEOPLE = (
@@ -163,3 +183,8 @@ class HarmClassifier:
 
 def injection_pattern(text: str) -> bool:
     return bool(_INJECTION.search(text))
+
+
+def addressed_to_model(text: str) -> bool:
+    """Whether `text` speaks to the model that reads it (see _ADDRESSED)."""
+    return bool(_ADDRESSED.search(text))

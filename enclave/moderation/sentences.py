@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 
-# A sentence ends at . ! ? (then space) or at a line break; a line of its own (a heading, a list item) is one.
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+# A sentence ends at . ! ? (then space) or at a line break; a line of its own (a heading, a list item) is one. A
+# line that goes on in lower case continues the sentence before it: HTML and man pages come wrapped at a fixed
+# width, and a wrapped fragment judged alone ("set this flag when being created.") reads as an order to the model.
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n(?:[ \t]*\n)*(?![ \t]*[a-z])\s*")
 # Sentences shorter than this join the next one: "Note:" or "1." alone says nothing to judge.
 MIN_CHARS = 12
 # A passage left with fewer words than this (its heading, say) after the cut has nothing to answer from.
