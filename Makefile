@@ -82,6 +82,8 @@ bench: setup pydocs
 	$(BIN)/python -m bench.search_scale
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.load
+	# Whether the documents answer: the decision's features, cross-validated, and its operating curve (--write refits).
+	$(BIN)/python -m bench.answerability
 	# Answer quality: the older prompt without penalties, then the defaults compared with it question by question.
 	ENCLAVE_RAG__PROMPT=passages-in-system ENCLAVE_MODELS__REPETITION_PENALTY=1.0 ENCLAVE_MODELS__LOOP_GUARD=false \
 		$(BIN)/python -m bench.answers --label before --out bench/results/answers_before.json

@@ -33,6 +33,10 @@ from enclave.chat.answerability import FEATURES, MODEL_FILE, Model, decide, feat
 from enclave.core.settings import Settings, offline_environment
 
 OUT = ROOT / "bench" / "results" / "answerability.json"
+# The shipped model's features. Also computed, and left out: `absent` and `key_terms` (their coefficients came out
+# against their own single-feature direction, a sign of collinearity) and `lead_cover` (strong on the man pages,
+# noise on the library reference: with it the model scored worse on the corpus it was not fitted on).
+SHIPPED = ("top_dense", "margin", "head_cover", "text_cover", "top_text_cover", "agree")
 
 
 def gather(runner: Runner, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,7 +158,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-unanswerable-answered", type=float, default=0.10)
     ap.add_argument("--write", action="store_true", help=f"write the fitted model to {MODEL_FILE}")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--features", default=",".join(FEATURES), help="the features the model uses, comma-separated")
+    ap.add_argument(
+        "--features",
+        default=",".join(SHIPPED),
+        help=f"the features the model uses, comma-separated (of: {', '.join(FEATURES)})",
+    )
     ap.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength of the logistic model")
     ap.add_argument("--rows", type=Path, help="refit from the features an earlier run saved (no knowledge base)")
     args = ap.parse_args(argv)

@@ -601,6 +601,11 @@ def honesty_curve(result: dict[str, Any], png: Path) -> Path | None:
     return png
 
 
+def honesty(result: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each kind of unanswerable question with its summary (None when the run asked none)."""
+    return [(kind, result["summary"].get(f"honesty_{kind}")) for kind in ("near", "off", "company")]
+
+
 def cell(m: dict[str, Any]) -> str:
     return f"{m['share']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m["share"] is not None else "–"
 
@@ -663,8 +668,7 @@ def report_md(result: dict[str, Any], path: Path) -> None:
         "| fabricated |",
         "|---|---|---|---|---|---|---|",
     ]
-    for kind in ("near", "off", "company"):
-        h = result["summary"].get(f"honesty_{kind}")
+    for kind, h in honesty(result):
         if h:
             lines.append(
                 f"| {kind} | {h['questions']} | {cell(h['honest'])} | {cell(h['declined'])} | {cell(h['right'])} | "
@@ -834,8 +838,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     if "unanswerable" in result["summary"]:
         u = result["summary"]["unanswerable"]
         console.print(f"unanswerable: declined {cell(u['declined'])}, named a module {cell(u['named_a_module'])}")
-    for kind in ("near", "off", "company"):
-        h = result["summary"].get(f"honesty_{kind}")
+    for kind, h in honesty(result):
         if h:
             console.print(
                 f"{kind}-domain unanswerable ({h['questions']}): honest {cell(h['honest'])} — declined "
