@@ -274,7 +274,10 @@ def test_http_knowledge_base_and_rag_over_websocket(live_server: Server, corpus:
         )
         events = ws_events(ws)
     text = "".join(e["text"] for e in events if e["type"] == "token")
-    assert "could not find" in text and events[-1]["type"] == "done"
+    done = events[-1]
+    assert "do not answer this" in text and done["type"] == "done" and done["documents"] == "declined"
+    # what may follow is the model's own knowledge, and then it says so
+    assert ("General knowledge, not from your documents:" in text) == done["general_knowledge"]
 
     assert httpx.delete(f"{live_server.url}/v1/collections/policies/documents/{docs[0]['id']}").status_code == 204
     assert len(live_server.get("/v1/collections/policies/documents").json()["data"]) == 1

@@ -79,10 +79,6 @@ CONDENSE_PROMPT = ChatPromptTemplate.from_messages(
     ]
 )
 
-NOTHING_FOUND = (
-    "I could not find anything about this in the documents of '{collection}', "
-    "so I won't guess. Try rephrasing, or ask without the documents."
-)
 
 # A helpful decline: one plain sentence, the closest passages quoted with their numbers, and a suggestion.
 DECLINED = "The documents in '{collection}' do not answer this."
