@@ -369,7 +369,8 @@ _WEAK_CUES: dict[str, tuple[str, str]] = {
         r"website|site|app|docs?|documentation|jobs?|vacancies|postings?|polic(?:y|ies)|training|email|mailing list|"
         r"newsletter|chat|slack|channel|repo|repository|gitlab|registry|dashboard|ticket(?:ing)?|hotline)\b"
         # a named team of the organisation ("the platform team", "the data team's")
-        r"|\b(?:which|what) (?:slack |teams |chat )?channel\b|\bthe (?:[\w-]+ ){1,2}team(?:'s)?\b(?! (?:of|in|at|behind)\b)",
+        r"|\b(?:which|what) (?:slack |teams |chat )?channel\b"
+        r"|\bthe (?:[\w-]+ ){1,2}team(?:'s)?\b(?! (?:of|in|at|behind)\b)",
     ),
     "credential": (
         "a credential of the organisation",
