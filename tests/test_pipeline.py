@@ -568,19 +568,20 @@ async def test_a_held_answer_that_fails_its_check_is_never_shown(
 
 
 @pytest.mark.parametrize(
-    ("answer", "note"),
+    ("question", "answer", "note"),
     [
-        ("Restore a backup of the acme server [1].", "restates the question"),
-        ("Run `acme rollback` to restore a backup [1].", "names `acme rollback`"),
+        (QUESTION, "Restore a backup of the acme server [1].", "restates the question"),
+        (QUESTION, "Run `acme rollback` to restore a backup [1].", "names `acme rollback`"),
+        ("Which command restores a backup?", "Stop the server, then restore the backup [1].", "names no command"),
     ],
 )
 async def test_a_sentence_counts_as_verified_only_when_its_passage_answers_the_question(
-    settings: Settings, store: SqlConversationStore, answer: str, note: str
+    settings: Settings, store: SqlConversationStore, question: str, answer: str, note: str
 ) -> None:
     backend = ScriptedBackend([answer])
     pipeline = build(settings, store, backend, ScriptedRetriever([RESTORE, SCHEDULE]))
 
-    events = await chat(pipeline, ChatRequest(message=QUESTION, route="rag"))
+    events = await chat(pipeline, ChatRequest(message=question, route="rag"))
     done = finished(pipeline, events)
 
     citations = next(e for e in events if isinstance(e, CitationsEvent))

@@ -252,9 +252,25 @@ def term_weights(question: str, passages: Sequence[str], idf: dict[str, float] |
     return _weights(key_terms(question), [_vocab(p) for p in passages], idf)
 
 
-def answer_note(question: str, sentence: str, passage: str, weights: dict[str, float]) -> str | None:
+# A question that asks for a named thing ("Which command…", "What module should I use…").
+ASKS_FOR_A_NAME = re.compile(
+    r"\b(?:which|what)\b(?:\W+\w+){0,3}?\W+(?:commands?|modules?|functions?|settings?|options?|variables?|endpoints?|"
+    r"tools?|programs?|utilit(?:y|ies)|librar(?:y|ies)|packages?|class(?:es)?|methods?|flags?|models?)\b",
+    re.I,
+)
+
+
+def page_name(title: str) -> str | None:
+    """The name a page is about, from its title's first word when that is an identifier ("tee.1" → tee,
+    "pickletools — Tools for pickle developers" → pickletools); None for a title in words ("The knowledge base")."""
+    m = re.match(r"\s*([A-Za-z_][\w.-]*?)(?:\.\d\w*)?(?=\s*(?:—|–|- |:|$))", title)
+    return m.group(1) if m else None
+
+
+def answer_note(question: str, sentence: str, passage: str, weights: dict[str, float], title: str = "") -> str | None:
     """Why a sentence, though its passage may share its words, does not answer the question from that passage;
-    None when it does. `passage` is the cited passage with its heading (title, section) in front."""
+    None when it does. `passage` is the cited passage with its heading (title, section) in front; `title` its
+    title alone."""
     said = content_words(sentence)
     have = _vocab(passage)
     asked = {_stem(w) for w in content_words(question)}
@@ -262,6 +278,15 @@ def answer_note(question: str, sentence: str, passage: str, weights: dict[str, f
     for thing in things:
         if thing.lower() not in passage.lower():
             return f"names `{thing}`, which its passage does not mention"
+    name = page_name(title)
+    if (
+        ASKS_FOR_A_NAME.search(question)
+        and not things
+        and not (name and re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", sentence))
+    ):
+        # Asked for a command or module, a sentence that names none (a description copied from some page) says
+        # nothing the reader can act on, and is often another page's.
+        return "names no command, module or setting, which the question asks for"
     new = [w for w in said if _stem(w) not in asked and _has(w, have)]
     if not new and not things:
         return "restates the question instead of answering it"

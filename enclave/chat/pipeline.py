@@ -473,7 +473,9 @@ class ChatPipeline:
         for s in sentences:
             source = s["source"]
             note = (
-                answerability.answer_note(question, str(s["text"]), bodies[int(source) - 1], weights)
+                answerability.answer_note(
+                    question, str(s["text"]), bodies[int(source) - 1], weights, passages[int(source) - 1].title
+                )
                 if isinstance(source, int)
                 else "no passage says it"
             )
