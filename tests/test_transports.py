@@ -324,3 +324,36 @@ def test_a_looping_answer_ends_with_repetition_on_every_transport(live_server: S
     last = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].finish_reason]
     assert last[-1].choices[0].finish_reason == "stop"
     assert (last[-1].model_extra or {})["enclave"]["finish_reason"] == "repetition"
+
+
+def test_a_declined_answer_says_so_on_every_transport_and_in_the_stored_turn(echo_server: Server) -> None:
+    """A question about the organisation that no document answers: the same decline, marked `documents:
+    declined`, on WebSocket, SSE and the OpenAI API (its `enclave` field), and kept with the turn."""
+    from openai import OpenAI
+
+    question = "Who is the CEO of our company?"
+    with connect(echo_server.ws_url) as ws:
+        ws.send(json.dumps({"type": "chat", "message": question}))
+        events = ws_events(ws)
+    with httpx.stream("POST", echo_server.url + "/v1/chat/stream", json={"message": question}, timeout=60) as r:
+        sse = sse_events(r)
+    for stream in (events, sse):
+        done = stream[-1]
+        text = "".join(e["text"] for e in stream if e["type"] == "token")
+        assert done["type"] == "done" and done["documents"] == "declined" and not done["general_knowledge"], done
+        assert "won't guess" in text or "do not answer this" in text, text
+    turn = echo_server.get(f"/v1/conversations/{events[-1]['conversation_id']}").json()["messages"][1]
+    assert turn["citations"]["documents"] == "declined"
+
+    client = OpenAI(base_url=echo_server.url + "/v1", api_key="unused", max_retries=0)
+    ask: dict[str, Any] = {
+        "model": client.models.list().data[0].id,
+        "messages": [{"role": "user", "content": question}],
+    }
+    resp = client.chat.completions.create(**ask)
+    assert (resp.model_extra or {})["enclave"]["documents"] == "declined"
+    assert "won't guess" in (resp.choices[0].message.content or "") or "do not answer" in (
+        resp.choices[0].message.content or ""
+    )
+    last = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].finish_reason]
+    assert (last[-1].model_extra or {})["enclave"]["documents"] == "declined"
