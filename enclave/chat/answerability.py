@@ -100,12 +100,12 @@ def _weights(terms: Sequence[str], vocabs: Sequence[set[str]], idf: dict[str, fl
     """A key term's weight: its idf in the whole collection where the search gives it (a word every page has
     tells nothing), else its rarity among the candidates."""
     out = {}
+    n = max(len(vocabs), 1)
     for t in terms:
         parts = [idf[p] for p in re.findall(r"[a-z0-9_]+", t) if idf and p in idf]
         if parts:
             out[t] = max(0.0, max(parts))
         else:
-            n = max(len(vocabs), 1)
             out[t] = math.log((n + 1) / (sum(_has(t, v) for v in vocabs) + 0.5))
     return out
 

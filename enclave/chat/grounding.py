@@ -171,13 +171,6 @@ def citations(grounded: Sequence[Grounded]) -> list[dict[str, object]]:
     return out
 
 
-def unverified(grounded: Sequence[Grounded]) -> bool:
-    """Most of the answer's sentences are supported by no passage."""
-    if not grounded:
-        return False
-    return sum(not g.supported for g in grounded) / len(grounded) > UNVERIFIED_SHARE
-
-
 def quoted_passages(passages: Sequence[tuple[str, str]], limit: int = 2, chars: int = 300) -> str:
     """What to show instead of an answer that could not be verified: the top passages, quoted with their numbers."""
     lines = ["\n\n" + UNVERIFIED_NOTICE]

@@ -262,9 +262,7 @@ class ChatPipeline:
         )
         if org_unknown:  # never a made-up name, address or password: say so, and where one could look
             readable = sorted(c for c in (self.collections() if self.collections else set()) if principal.may_read(c))
-            async with contextlib.aclosing(self._say(turn, rag.no_documents_text(readable))) as inner:
-                async for event in inner:
-                    yield event
+            yield self._say(turn, rag.no_documents_text(readable))
             turn.documents = "declined"
             yield await self._finish(turn, Generation(finish_reason="stop"))
             return
@@ -345,10 +343,11 @@ class ChatPipeline:
         self.metrics.completion_tokens.inc(result.completion_tokens)
         yield await self._finish(turn, result)
 
-    async def _say(self, turn: _Turn, text: str) -> AsyncGenerator[Event, None]:
+    @staticmethod
+    def _say(turn: _Turn, text: str) -> TokenEvent:
         """Enclave's own words, not the model's: added to the answer as one piece."""
         turn.text += text
-        yield TokenEvent(text=text)
+        return TokenEvent(text=text)
 
     async def _decline(
         self,
@@ -364,11 +363,7 @@ class ChatPipeline:
         """The documents do not hold the answer: say so, quote the closest passages, suggest; then, for a general
         question and when the operator allows it, the model's own answer behind the general-knowledge label."""
         turn.documents = "declined"
-        async with contextlib.aclosing(
-            self._say(turn, ("\n\n" if turn.text else "") + rag.decline_text(collection, closest, message))
-        ) as inner:
-            async for event in inner:
-                yield event
+        yield self._say(turn, ("\n\n" if turn.text else "") + rag.decline_text(collection, closest, message))
         turn.result = Generation(finish_reason="stop")
         # The model's own knowledge only for a general question, and not when the documents speak of exactly what
         # it asks (most of its weighted key terms in them): that answer would be the documents' business, and a
@@ -379,9 +374,7 @@ class ChatPipeline:
         system = req.system or self.settings.models.system_prompt
         prompt = [Message(role="system", content=system), Message(role="user", content=message)]
         turn.general_knowledge = True
-        async with contextlib.aclosing(self._say(turn, "\n\n" + rag.GENERAL_LABEL + " ")) as inner:
-            async for event in inner:
-                yield event
+        yield self._say(turn, "\n\n" + rag.GENERAL_LABEL + " ")
         async with contextlib.aclosing(
             self._generate(turn, prompt, params, None, [system], cancel, time.perf_counter(), turn.result, False)
         ) as inner:
@@ -492,9 +485,7 @@ class ChatPipeline:
             turn.documents = "caveat"
             turn.text = text
             yield TokenEvent(text=text)
-            async with contextlib.aclosing(self._say(turn, "\n\n" + rag.CAVEAT)) as inner:
-                async for event in inner:
-                    yield event
+            yield self._say(turn, "\n\n" + rag.CAVEAT)
             unverified = False
         else:
             unverified = (
