@@ -113,9 +113,10 @@ def grounded_to(answer: dict[str, Any]) -> set[str]:
 def test_answers_name_the_right_thing_and_point_at_its_document(answers: list[dict[str, Any]]) -> None:
     answers = [a for a in answers if not a.get("honesty")]
     min_right, min_grounded = FLOORS[answers[0]["base"]]
-    right = [a for a in answers if names(a["text"], a["entity"])]
+    # a decline names nothing as the answer, whatever its quoted passages mention (as bench.answers scores it)
+    right = [a for a in answers if names(a["text"], a["entity"]) and a["end"].get("documents") != "declined"]
     grounded = [a for a in answers if a["doc"] in grounded_to(a)]
-    report = "\n".join(f"{names(a['text'], a['entity'])!s:5} {a['question']} -> {a['text'][:160]!r}" for a in answers)
+    report = "\n".join(f"{a in right!s:5} {a['question']} -> {a['text'][:160]!r}" for a in answers)
     print(f"\n{answers[0]['base']}: {len(right)} right, {len(grounded)} grounded to their document")
     assert len(right) >= min_right, report
     assert len(grounded) >= min_grounded, report
