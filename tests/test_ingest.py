@@ -127,7 +127,7 @@ def test_loaders_keep_structure(corpus: Path) -> None:
     with pytest.raises(LoadError, match=r"broken\.pdf"):
         load("broken.pdf", b"%PDF-1.4 nope")
     with pytest.raises(LoadError, match="unsupported"):
-        load("x.png", b"\x89PNG")
+        load("x.xyz", b"\x89PNG")
 
 
 def test_ingest_every_format_and_search_finds_the_right_file(kb: KnowledgeBase, corpus: Path) -> None:

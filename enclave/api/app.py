@@ -24,14 +24,17 @@ WEB_DIR = Path(__file__).parent / "web"
 class BodyLimit:
     """Refuses a request body over the limit before the app reads it."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    UPLOADS = ("/v1/documents", "/v1/ingest")  # document uploads have their own limit (ingest.max_upload_bytes)
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            limit = self.upload_limit if scope["path"] in self.UPLOADS else self.limit
             length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                await errors.too_large(self.limit)(scope, receive, send)
+            if length is not None and length.isdigit() and int(length) > limit:
+                await errors.too_large(limit)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -89,5 +92,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
-    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes, upload_limit=settings.ingest.max_upload_bytes)
     return app

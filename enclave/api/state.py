@@ -19,6 +19,7 @@ from enclave.core.settings import Settings
 from enclave.engine.build import build_backend
 
 if TYPE_CHECKING:  # imported when first opened: the store brings Chroma and the embedder
+    from enclave.knowledge.inbox import Inbox
     from enclave.knowledge.store import KnowledgeBase
 
 log = logging.getLogger("enclave")
@@ -34,6 +35,7 @@ class State:
         self.store = SqlConversationStore(settings.database_url)
         self.backend: GenerationBackend = build_backend(settings)
         self.kb: KnowledgeBase | None = None  # set once loaded
+        self.inbox: Inbox | None = None  # uploads waiting to be ingested; set with the knowledge base
         self.registry: AdapterRegistry | None = None  # set once loaded
         self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
         if self.auth.enabled:
@@ -102,6 +104,7 @@ class State:
             self.pipeline.retriever = kb.retriever()
             self.pipeline.collections = kb.collection_names
             self.pipeline.embed = kb.embedder.embed
+            self.inbox = await asyncio.to_thread(self._open_inbox, kb)
         if self.settings.moderation.enabled and self.pipeline.moderator is None:
             from enclave.moderation import build_moderator
 
@@ -130,6 +133,15 @@ class State:
             ensure_samples(kb, self.settings.rag.default_collection)
         return kb
 
+    def _open_inbox(self, kb: KnowledgeBase) -> Inbox:
+        from enclave.knowledge.inbox import Inbox
+
+        inbox = Inbox(self.settings.data_path / "inbox", kb)
+        if waiting := inbox.resume():
+            log.info("ingesting %d uploaded files left from the last run", waiting)
+        inbox.start()
+        return inbox
+
     async def drain(self, timeout: float) -> None:
         """Readiness off, new work refused, open streams given `timeout` seconds to finish."""
         self.ready = False
@@ -140,5 +152,7 @@ class State:
             await asyncio.sleep(0.1)
 
     def close(self) -> None:
+        if self.inbox is not None:
+            self.inbox.stop()
         self.backend.close()
         self.store.close()

@@ -196,12 +196,18 @@ class RagSettings(BaseModel):
         "(enclave/chat/answerability.py; fitted by bench/answerability).",
     )
     decline_below: float | None = Field(
-        None, ge=0, le=1, description="Decline when the probability that the documents answer is below this "
-        "(unset: the fitted model's own threshold)."
+        None,
+        ge=0,
+        le=1,
+        description="Decline when the probability that the documents answer is below this "
+        "(unset: the fitted model's own threshold).",
     )
     caveat_below: float | None = Field(
-        None, ge=0, le=1, description="Answer with a caveat, held until checked, below this probability "
-        "(unset: the fitted model's own threshold)."
+        None,
+        ge=0,
+        le=1,
+        description="Answer with a caveat, held until checked, below this probability "
+        "(unset: the fitted model's own threshold).",
     )
     general_knowledge: bool = Field(
         True,
@@ -286,6 +292,28 @@ class AdapterSettings(BaseModel):
     )
 
 
+class IngestSettings(BaseModel):
+    """What reading one file may cost, and how scanned pages are read (enclave/knowledge/loaders)."""
+
+    max_file_bytes: int = Field(200_000_000, description="A larger file is refused with a clear error.")
+    max_upload_bytes: int = Field(
+        1_000_000_000,
+        description="Largest upload request (POST /v1/documents, /v1/ingest); limits.max_body_bytes "
+        "bounds every other request.",
+    )
+    max_pages: int = Field(2000, description="PDF pages or slides per file; a longer file is refused.")
+    max_unpacked_bytes: int = Field(
+        500_000_000, description="All members of a zip container (DOCX, XLSX, PPTX, ODF, EPUB) unpacked together."
+    )
+    max_ratio: int = Field(200, description="Unpacked / packed size of a zip container beyond which it is a zip bomb.")
+    max_rows: int = Field(1_000_000, description="Spreadsheet rows per file; a larger sheet is refused.")
+    ocr: bool = Field(True, description="Read scanned pages (no text layer) and images with Tesseract.")
+    ocr_languages: str = Field("eng", description="Tesseract languages, e.g. eng+deu (their traineddata installed).")
+    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution scanned pages are rendered at for OCR.")
+    ocr_timeout_s: float = Field(120.0, description="Longest Tesseract may take on one page.")
+    ocr_workers: int = Field(0, ge=0, description="Tesseract processes at once; 0: one per core.")
+
+
 class LimitsSettings(BaseModel):
     max_message_chars: int = Field(8000, description="Longest user message accepted.")
     max_body_bytes: int = Field(1_000_000, description="Largest HTTP request body.")
@@ -354,6 +382,7 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)  # type: ignore[arg-type]
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)  # type: ignore[arg-type]
     limits: LimitsSettings = Field(default_factory=LimitsSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)  # type: ignore[arg-type]
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from enclave.core.settings import Settings
 from enclave.knowledge.chroma import get_all
 from enclave.knowledge.chunking import chunk_document
 from enclave.knowledge.embedder import MODEL_NAME, Embedder
-from enclave.knowledge.loaders import Document, LoadError, kind_of, load
+from enclave.knowledge.loaders import Document, LoadError, ReadContext, ReadLimits, kind_of, load
 from enclave.knowledge.search import BM25Cache, BM25Index, Mode, hybrid_search
 
 COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
@@ -83,6 +84,24 @@ class WriteLock:
             self._thread.release()
 
 
+def read_limits(settings: Settings) -> ReadLimits:
+    """The operator's ingest limits, with tables cut to the chunk size."""
+    i = settings.ingest
+    return ReadLimits(
+        max_bytes=i.max_file_bytes,
+        max_pages=i.max_pages,
+        max_unpacked_bytes=i.max_unpacked_bytes,
+        max_ratio=i.max_ratio,
+        max_rows=i.max_rows,
+        section_chars=settings.rag.chunk_size,
+        ocr=i.ocr,
+        ocr_languages=i.ocr_languages,
+        ocr_dpi=i.ocr_dpi,
+        ocr_timeout_s=i.ocr_timeout_s,
+        ocr_workers=i.ocr_workers,
+    )
+
+
 class KnowledgeBase:
     """One Chroma collection per Enclave collection (cosine HNSW). Every chunk carries its document's id, uri,
     title, section, page and content hash, so re-ingesting skips unchanged files, replaces changed ones and drops
@@ -96,8 +115,10 @@ class KnowledgeBase:
         chunk_overlap: int,
         max_query: int,
         lock_path: Path | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.client = client
+        self.limits = limits or ReadLimits(section_chars=chunk_size)
         self.embedder = embedder
         self._runtime_warned: set[str] = set()
         self.chunk_size = chunk_size
@@ -131,6 +152,7 @@ class KnowledgeBase:
             settings.rag.chunk_overlap,
             settings.rag.max_query_chars,
             lock_path,
+            read_limits(settings),
         )
 
     # -- collections ----------------------------------------------------------------------------
@@ -204,6 +226,8 @@ class KnowledgeBase:
                     "uri": m["uri"],
                     "content_hash": m["content_hash"],
                     "kind": m.get("kind"),
+                    "ingested_at": m.get("ingested_at"),
+                    "parent": m.get("parent") or None,
                     "chunks": 0,
                 },
             )
@@ -233,6 +257,7 @@ class KnowledgeBase:
             if not col.get(where={"doc_id": doc_id}, include=[])["ids"]:
                 raise NotFound(f"unknown document '{doc_id}' in '{collection}'")
             col.delete(where={"doc_id": doc_id})
+            col.delete(where={"parent": doc_id})  # its attachments
             self._changed(collection)
 
     def iter_chunks(self, collection: str) -> Iterable[dict[str, Any]]:
@@ -249,8 +274,20 @@ class KnowledgeBase:
         """Chunks that never cross a heading or a page, each with its section and page."""
         return chunk_document(doc, self.chunk_size, self.chunk_overlap)
 
-    def ingest_bytes(self, uri: str, data: bytes, collection: str, report: IngestReport | None = None) -> IngestReport:
+    def ingest_bytes(
+        self,
+        uri: str,
+        data: bytes,
+        collection: str,
+        report: IngestReport | None = None,
+        progress: Callable[[str], None] | None = None,
+        parent: str = "",
+        depth: int = 0,
+    ) -> IngestReport:
+        """One file: read, chunked, embedded and written, replacing its earlier version; its attachments (a mail's)
+        follow as documents of their own, `<uri>#<name>`. `progress` hears the stage: "OCR page 3/12", "embedding"."""
         report = report or IngestReport()
+        tell = progress or (lambda stage: None)
         content_hash = hashlib.sha256(data).hexdigest()
         doc_id = doc_id_of(uri)
         col = self._collection(collection, create=True)
@@ -263,12 +300,40 @@ class KnowledgeBase:
             return report
         # Anything else is redone: a new version, or what a crash left (a version written only in part, or
         # the old version not yet removed). Chunk ids are derived from the content, so redoing is idempotent.
+        tell("reading")
         try:
-            doc = load(uri, data)
+            doc = load(uri, data, ReadContext(self.limits, tell))
         except LoadError as exc:
             report.skipped.append(str(exc))
             return report
+        if doc.sections:
+            self._write_document(uri, doc, content_hash, doc_id, collection, existing, versions, report, tell, parent)
+        for a in doc.attachments:
+            if depth >= self.limits.attachment_depth:
+                report.skipped.append(f"{uri}#{a.name}: attachment nested deeper than {self.limits.attachment_depth}")
+            elif kind_of(a.name) is None:
+                report.skipped.append(f"{uri}#{a.name}: unsupported attachment type")
+            else:
+                self.ingest_bytes(f"{uri}#{a.name}", a.data, collection, report, progress, doc_id, depth + 1)
+        return report
+
+    def _write_document(
+        self,
+        uri: str,
+        doc: Document,
+        content_hash: str,
+        doc_id: str,
+        collection: str,
+        existing: Any,
+        versions: Counter[str],
+        report: IngestReport,
+        tell: Callable[[str], None],
+        parent: str,
+    ) -> None:
+        col = self._collection(collection, create=True)
         pieces = self.chunk(doc)
+        tell(f"embedding {len(pieces)} chunks")
+        now = round(time.time(), 3)
         embeddings = self.embedder.embed([t for t, _ in pieces])
         metas = [
             {
@@ -279,6 +344,8 @@ class KnowledgeBase:
                 "content_hash": content_hash,
                 "chunk_index": i,
                 "chunk_count": len(pieces),
+                "ingested_at": now,
+                **({"parent": parent} if parent else {}),
                 **meta,
             }
             for i, (_, meta) in enumerate(pieces)
@@ -306,7 +373,6 @@ class KnowledgeBase:
             self._changed(collection)
         (report.updated if set(versions) - {content_hash} else report.added).append(uri)
         report.chunks += len(pieces)
-        return report
 
     def ingest_paths(
         self, paths: Iterable[Path], collection: str, progress: Callable[[str, int, int], None] | None = None

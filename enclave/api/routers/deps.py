@@ -12,6 +12,7 @@ from enclave.core.errors import BackendUnavailable
 from enclave.core.protocols import Principal
 
 if TYPE_CHECKING:
+    from enclave.knowledge.inbox import Inbox
     from enclave.knowledge.store import KnowledgeBase
 
 
@@ -26,6 +27,14 @@ def kb_of(request: Request) -> KnowledgeBase:
     if kb is None:
         raise BackendUnavailable("the knowledge base is not ready yet")
     return kb
+
+
+def inbox_of(request: Request) -> Inbox:
+    """The upload queue; BackendUnavailable (503) until the knowledge base is open."""
+    inbox = get_state(request).inbox
+    if inbox is None:
+        raise BackendUnavailable("the knowledge base is not ready yet")
+    return inbox
 
 
 def registry_of(request: Request) -> AdapterRegistry:

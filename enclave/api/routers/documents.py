@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
-from enclave.api.routers.deps import kb_of, principal
+from enclave.api.routers.deps import inbox_of, kb_of, principal
 from enclave.core.errors import Forbidden, InvalidRequest
 from enclave.core.protocols import Principal
 
@@ -25,13 +25,25 @@ def _admin(who: Principal) -> None:
         raise Forbidden("changing the knowledge base needs an admin key")
 
 
+FILES_DOC = "One or more files (any format `enclave formats` lists); a name may hold a folder path: a/b.docx."
+
+
+def upload_name(raw: str | None) -> str:
+    """The file's name as sent, a relative path kept (a dropped folder), never climbing out: 'a/../b' → 'a/b'."""
+    parts = [p for p in (raw or "").replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if not parts:
+        raise InvalidRequest("every uploaded file needs a file name")
+    return "/".join(parts)[-500:]
+
+
 @router.post("/v1/documents")
 async def upload(
     request: Request,
-    files: list[UploadFile] = File(..., description="One or more files: PDF, HTML, Markdown or text."),
+    files: list[UploadFile] = File(..., description=FILES_DOC),
     collection: str = Form("docs"),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
+    """Ingest the files now and answer when they are in (or refused, each with its reason)."""
     _admin(who)
     kb = kb_of(request)
     kb.check_collection(collection)
@@ -39,12 +51,40 @@ async def upload(
 
     report = IngestReport()
     for f in files:
-        name = (f.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-        if not name:
-            raise InvalidRequest("every uploaded file needs a file name")
+        name = upload_name(f.filename)
         data = await f.read()
         await asyncio.to_thread(kb.ingest_bytes, f"upload/{name}", data, collection, report)
     return {"collection": collection, **report.as_dict()}
+
+
+@router.post("/v1/ingest", status_code=202)
+async def ingest_job(
+    request: Request,
+    files: list[UploadFile] = File(..., description=FILES_DOC),
+    collection: str = Form("docs"),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """Accept files for ingestion in the background: once this answers 202 they are on disk and survive a restart;
+    `GET /v1/ingest/{id}` follows each file (queued, reading, OCR page 3/12, embedding, done or error)."""
+    _admin(who)
+    inbox = inbox_of(request)
+    batch = [(upload_name(f.filename), await f.read()) for f in files]
+    job = await asyncio.to_thread(inbox.accept, collection, batch)
+    return job.as_dict()
+
+
+@router.get("/v1/ingest")
+async def ingest_jobs(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """The latest ingest jobs, newest first."""
+    _admin(who)
+    return {"object": "list", "data": [j.as_dict() for j in inbox_of(request).recent()]}
+
+
+@router.get("/v1/ingest/{job_id}")
+async def ingest_status(job_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """One ingest job, file by file."""
+    _admin(who)
+    return inbox_of(request).get(job_id).as_dict()
 
 
 @router.get("/v1/collections")

@@ -1,79 +1,28 @@
-"""Files to sections of text: PDF (per page), HTML (main text under its headings), Markdown, plain text.
-
-A file that can't be read raises LoadError naming the file, so an ingest run reports it and goes on.
-"""
+"""HTML (main text under its headings), Markdown (under its headings) and plain text."""
 
 from __future__ import annotations
 
-import io
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUPPORTED = {
-    ".pdf": "pdf",
-    ".html": "html",
-    ".htm": "html",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".txt": "text",
-    ".text": "text",
-    ".rst": "text",
-}
+from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, Section
 
 
-class LoadError(Exception):
-    pass
+def read_text(name: str, data: bytes, ctx: ReadContext) -> Document:
+    text = decode(name, data)
+    return Document(_first_line_title(text, name), "text", [Section(text.strip())])
 
 
-@dataclass
-class Section:
-    text: str
-    heading: str = ""
-    page: int | None = None
+def read_markdown(name: str, data: bytes, ctx: ReadContext) -> Document:
+    return _markdown(name, decode(name, data))
 
 
-@dataclass
-class Document:
-    title: str
-    kind: str
-    sections: list[Section] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return "\n\n".join(s.text for s in self.sections)
+def read_html(name: str, data: bytes, ctx: ReadContext) -> Document:
+    return html_document(name, decode(name, data))
 
 
-def kind_of(name: str) -> str | None:
-    return SUPPORTED.get(Path(name).suffix.lower())
-
-
-def load(name: str, data: bytes) -> Document:
-    kind = kind_of(name)
-    if kind is None:
-        raise LoadError(f"{name}: unsupported file type '{Path(name).suffix or '(none)'}'")
-    try:
-        if kind == "pdf":
-            doc = _pdf(name, data)
-        elif kind == "html":
-            doc = _html(name, _decode(name, data))
-        elif kind == "markdown":
-            doc = _markdown(name, _decode(name, data))
-        else:
-            text = _decode(name, data)
-            doc = Document(_first_line_title(text, name), "text", [Section(text.strip())])
-    except LoadError:
-        raise
-    except Exception as exc:  # a corrupt file of any kind: name it, never crash the run
-        raise LoadError(f"{name}: could not be read as {kind}: {type(exc).__name__}: {exc}") from exc
-    doc.sections = [s for s in doc.sections if s.text.strip()]
-    if not doc.sections:
-        raise LoadError(f"{name}: no text found")
-    return doc
-
-
-def _decode(name: str, data: bytes) -> str:
+def decode(name: str, data: bytes) -> str:
     if b"\x00" in data[:4096]:
         raise LoadError(f"{name}: binary data, not text")
     try:
@@ -87,16 +36,6 @@ def _first_line_title(text: str, name: str) -> str:
         if line.strip():
             return line.strip().lstrip("#").strip()[:120]
     return Path(name).stem
-
-
-def _pdf(name: str, data: bytes) -> Document:
-    from pypdf import PdfReader
-
-    reader = PdfReader(io.BytesIO(data))
-    sections = [Section(page.extract_text() or "", page=i + 1) for i, page in enumerate(reader.pages)]
-    meta_title = reader.metadata.title if reader.metadata and reader.metadata.title else None
-    title = meta_title or Path(name).stem.replace("_", " ").replace("-", " ")
-    return Document(str(title), "pdf", sections)
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -139,7 +78,7 @@ def _text_of(el: Any) -> str:
     return " ".join(piece for piece in (t.strip() for t in el.itertext()) if piece)
 
 
-def _html(name: str, text: str) -> Document:
+def html_document(name: str, text: str) -> Document:
     """libxml2's HTML parser (lxml) builds the tree in C: a tenth of the time BeautifulSoup's pure-Python tree
     builder took on the Python library reference, where parsing was a sixth of all ingestion time."""
     import lxml.html

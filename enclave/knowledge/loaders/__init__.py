@@ -1,0 +1,85 @@
+"""Files to Documents: which reader reads which format (READERS), and `load`, which reads any of them within limits.
+
+Readers are imported when a file of theirs comes, so a format's library costs nothing until it is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from enclave.knowledge.loaders.base import (
+    Attachment,
+    Document,
+    LoadError,
+    ReadContext,
+    ReadLimits,
+    Section,
+)
+
+__all__ = ["READERS", "Attachment", "Document", "LoadError", "ReadContext", "ReadLimits", "Section", "kind_of", "load"]
+
+# suffix -> (kind, "module:function") under enclave.knowledge.loaders
+READERS: dict[str, tuple[str, str]] = {
+    ".pdf": ("pdf", "pdf:read_pdf"),
+    ".html": ("html", "web:read_html"),
+    ".htm": ("html", "web:read_html"),
+    ".xhtml": ("html", "web:read_html"),
+    ".md": ("markdown", "web:read_markdown"),
+    ".markdown": ("markdown", "web:read_markdown"),
+    ".txt": ("text", "web:read_text"),
+    ".text": ("text", "web:read_text"),
+    ".rst": ("text", "web:read_text"),
+    ".docx": ("docx", "office:read_docx"),
+    ".pptx": ("pptx", "office:read_pptx"),
+    ".odt": ("odt", "office:read_odt"),
+    ".odp": ("odp", "office:read_odp"),
+    ".epub": ("epub", "office:read_epub"),
+    ".rtf": ("rtf", "office:read_rtf"),
+    ".xlsx": ("xlsx", "sheets:read_xlsx"),
+    ".xlsm": ("xlsx", "sheets:read_xlsx"),
+    ".xls": ("xls", "sheets:read_xls"),
+    ".ods": ("ods", "sheets:read_ods"),
+    ".csv": ("csv", "sheets:read_csv"),
+    ".tsv": ("csv", "sheets:read_csv"),
+    ".eml": ("email", "mail:read_eml"),
+    ".msg": ("email", "mail:read_msg"),
+    ".png": ("image", "images:read_image"),
+    ".jpg": ("image", "images:read_image"),
+    ".jpeg": ("image", "images:read_image"),
+    ".tif": ("image", "images:read_image"),
+    ".tiff": ("image", "images:read_image"),
+    ".bmp": ("image", "images:read_image"),
+    ".gif": ("image", "images:read_image"),
+    ".webp": ("image", "images:read_image"),
+}
+
+
+def kind_of(name: str) -> str | None:
+    entry = READERS.get(Path(name).suffix.lower())
+    return entry[0] if entry else None
+
+
+def load(name: str, data: bytes, ctx: ReadContext | None = None) -> Document:
+    """The file read by its format's reader, or LoadError naming the file and why (never another exception)."""
+    ctx = ctx or ReadContext()
+    entry = READERS.get(Path(name).suffix.lower())
+    if entry is None:
+        raise LoadError(f"{name}: unsupported file type '{Path(name).suffix or '(none)'}'")
+    kind, where = entry
+    if len(data) > ctx.limits.max_bytes:
+        raise LoadError(f"{name}: {len(data):,} bytes, over the limit of {ctx.limits.max_bytes:,} (ingest.max_bytes)")
+    module, function = where.split(":")
+    try:
+        reader = getattr(importlib.import_module(f"{__name__}.{module}"), function)
+        doc: Document = reader(name, data, ctx)
+    except LoadError:
+        raise
+    except MemoryError as exc:
+        raise LoadError(f"{name}: too large to read as {kind} in memory") from exc
+    except Exception as exc:  # a corrupt file of any kind: name it, never crash the run
+        raise LoadError(f"{name}: could not be read as {kind}: {type(exc).__name__}: {exc}") from exc
+    doc.sections = [s for s in doc.sections if s.text.strip()]
+    if not doc.sections and not doc.attachments:
+        raise LoadError(f"{name}: no text found")
+    return doc
