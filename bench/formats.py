@@ -138,9 +138,13 @@ def page_tables(html: Path) -> list[tuple[str, list[str], list[list[str]]]]:
     doc = lxml.html.parse(str(html)).getroot()
     out = []
     for t in doc.iter("table"):
-        rows = [[" ".join(c.text_content().split()) for c in tr.iter("th", "td")] for tr in t.iter("tr")]
+        if t.find("thead") is None:
+            continue  # no header row: the first row is data
+        rows = [
+            [" ".join(c.text_content().replace("¶", "").split()) for c in tr.iter("th", "td")] for tr in t.iter("tr")
+        ]
         rows = [r for r in rows if any(r)]
-        if len(rows) < 3 or len(rows[0]) < 2:
+        if len(rows) < 3 or len(rows[0]) < 2 or max(len(h) for h in rows[0]) > 30:
             continue
         heading = ""
         for h in t.itersiblings(preceding=True):
@@ -211,8 +215,17 @@ def write_xlsx(html: Path, out: Path) -> int:
 
 
 def right(answer: str, cell: str) -> bool:
-    norm = lambda s: " ".join(s.replace("`", "").replace("'", "").replace('"', "").lower().split())  # noqa: E731
-    return norm(cell) in norm(answer)
+    """The answer holds the cell's text (quotes, case and spacing aside); a cell of several words may come back
+    reworded in order, so there every word of it must be in the answer."""
+
+    def norm(text: str) -> str:
+        return " ".join(re.sub(r"[`'\"“”‘’]", "", text).lower().split()).rstrip(".")
+
+    a, c = norm(answer), norm(cell)
+    if c in a:
+        return True
+    words = re.findall(r"\w+", c)
+    return len(words) > 3 and all(re.search(rf"\b{re.escape(w)}\b", a) for w in words)
 
 
 # -- measuring ---------------------------------------------------------------------------------------
