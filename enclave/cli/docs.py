@@ -1,8 +1,14 @@
-"""`enclave ingest PATH... --collection C` and `enclave kb list | delete`."""
+"""`enclave ingest PATH... --collection C`, `enclave sync SOURCE --collection C` and `enclave kb list | delete`."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,6 +17,10 @@ from rich.table import Table
 
 from enclave.core.errors import EnclaveError
 from enclave.core.settings import Settings, offline_environment
+
+if TYPE_CHECKING:
+    from enclave.knowledge.store import IngestReport, KnowledgeBase
+    from enclave.knowledge.sync import Source
 
 console = Console(stderr=True)
 kb_app = typer.Typer(help="List and delete knowledge-base documents.", no_args_is_help=True)
@@ -50,14 +60,144 @@ def ingest_command(
         except EnclaveError as exc:
             console.print(f"[red]error:[/red] {exc.message}")
             raise typer.Exit(2) from exc
+    _summary(collection, report)
+    if _all_skipped(report):
+        raise typer.Exit(1)
+
+
+def _summary(collection: str, report: IngestReport, when: str = "") -> None:
     console.print(
-        f"{collection}: {len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
-        f"{len(report.removed)} removed, {len(report.skipped)} skipped; {report.chunks} chunks written"
+        f"{when}{collection}: {len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, {len(report.skipped)} skipped; "
+        f"{report.chunks} chunks written"
     )
     for why in report.skipped:
         console.print(f"  [yellow]skipped[/yellow] {why}")
-    if report.skipped and not (report.added or report.updated or report.unchanged):
-        raise typer.Exit(1)
+
+
+def _all_skipped(report: IngestReport) -> bool:
+    return bool(report.skipped) and not (report.added or report.updated or report.unchanged)
+
+
+def sync_command(
+    source: str = typer.Argument(..., help="A folder, or s3://bucket/prefix in an S3-compatible store."),
+    collection: str = typer.Option(..., help="The collection kept in step with the source."),
+    watch: bool = typer.Option(False, "--watch", help="Keep running: sync again on every change until Ctrl-C."),
+    poll: bool = typer.Option(
+        False, "--poll", help="Watch a folder by polling (network mounts: inotify sees no remote change)."
+    ),
+    interval: float = typer.Option(
+        60.0, min=0.1, help="Seconds between passes when polling (a bucket, --poll), and between full passes."
+    ),
+    endpoint_url: str = typer.Option(
+        None, help="Endpoint of an S3-compatible store (MinIO, Ceph…); default AWS_ENDPOINT_URL, else AWS."
+    ),
+    region: str = typer.Option(None, help="S3 region; default AWS_REGION, AWS_DEFAULT_REGION or the profile's."),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Let a source that lists no file at all remove every document of it."
+    ),
+) -> None:
+    """Keep a collection in step with a folder or a bucket: new and changed files are ingested, deleted ones
+    removed, unchanged ones not even read. S3 credentials come from the AWS environment or profile."""
+    from enclave.knowledge.store import KnowledgeBase
+    from enclave.knowledge.sync import FolderSource, SyncError, open_source
+    from enclave.knowledge.sync import watch as watch_source
+
+    try:
+        KnowledgeBase.check_collection(collection)
+        src = open_source(source, endpoint_url, region)
+    except (SyncError, EnclaveError) as exc:
+        console.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}")
+        raise typer.Exit(2) from exc
+    offline_environment()
+    settings = Settings()
+    kb = KnowledgeBase.from_settings(settings)
+    state_dir = settings.data_path / "sync"
+    with _stop_on_signals() as stop:
+        if not watch:
+            try:
+                report = _sync_pass(kb, src, collection, state_dir, stop, allow_empty, transient=False)
+            except (SyncError, EnclaveError) as exc:
+                console.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}")
+                raise typer.Exit(2) from exc
+            _summary(collection, report)
+            if stop.is_set():
+                console.print("stopped before the end: the next run goes on where this one stopped")
+                raise typer.Exit(130)
+            if _all_skipped(report):
+                raise typer.Exit(1)
+            return
+        how = "watching" if isinstance(src, FolderSource) and not poll else f"polling every {interval:g} s"
+        console.print(f"{how}: {src.prefix} into '{collection}' (Ctrl-C stops)")
+        last: list[list[str]] = []  # the last pass's skips: a pass that changes nothing is not printed
+
+        def run() -> None:
+            when = time.strftime("[%H:%M:%S] ")
+            try:
+                report = _sync_pass(kb, src, collection, state_dir, stop, allow_empty, transient=True)
+            except (SyncError, EnclaveError) as exc:
+                console.print(f"{when}[red]error:[/red] {getattr(exc, 'message', exc)}")
+                return
+            skipped = sorted(report.skipped)
+            if not last or report.added or report.updated or report.removed or skipped != last[0]:
+                _summary(collection, report, when)
+            last[:] = [skipped]
+
+        watch_source(src, run, stop, interval, poll, ignore=[settings.data_path])
+    console.print("stopped")
+
+
+def _sync_pass(
+    kb: KnowledgeBase,
+    src: Source,
+    collection: str,
+    state_dir: Path,
+    stop: threading.Event,
+    allow_empty: bool,
+    transient: bool,
+) -> IngestReport:
+    from enclave.knowledge.sync import sync_once
+
+    with Progress(
+        TextColumn("[bold]sync"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[file]}"),
+        console=console,
+        transient=transient,
+    ) as bar:
+        task = bar.add_task("sync", total=None, file="")
+
+        def tick(name: str, done: int, total: int) -> None:
+            uri, _, stage = name.partition(": ")
+            shown = Path(uri).name + (f" — {stage}" if stage else "") if uri else ""
+            bar.update(task, completed=done, total=total, file=shown)
+
+        return sync_once(kb, src, collection, tick, state_dir, stop=stop, allow_empty=allow_empty)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM (Kubernetes stopping the pod): the pass ends after its current file and
+    the watch ends. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handle)
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @kb_app.command("list")
