@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,7 +284,7 @@ def test_a_stored_decline_shows_its_badge_quotes_general_knowledge_and_unverifie
 def test_a_stored_caveat_warns_and_a_checked_answer_says_so(browser: Any, live_server: Server) -> None:
     partial = "Enclave listens on port 8000 [1]. The dashboards cover token expiry [2]."
     checked = "Prometheus scrapes `/metrics` [2]."
-    turns = [
+    turns: list[tuple[str, str, dict[str, Any] | None]] = [
         (
             "Which port, and do dashboards show token expiry?",
             partial,
@@ -330,5 +331,240 @@ def test_a_stored_caveat_warns_and_a_checked_answer_says_so(browser: Any, live_s
     assert SOURCES[1]["snippet"] in answered.locator(".passage").inner_text()
     assert page.locator(".route-badge.route-rag").count() == 2
     page.screenshot(path=str(SHOTS / "enclave-caveat.png"))
+    assert not errors, errors
+    page.close()
+
+
+# ---- The documents panel: upload, follow each file, list, ask, delete.
+HALVORSEN = "The Halvorsen cooling loop is serviced every 41 days."
+QUILLON = ["The Quillon badge printer is refilled", "every Tuesday with magenta ribbon."]
+
+
+def docx_bytes() -> bytes:
+    """A Word document written by python-docx, holding one distinctive fact."""
+    import io
+
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Cooling loop maintenance", level=1)
+    d.add_paragraph(HALVORSEN + " The facilities team logs each service in the plant book.")
+    d.add_paragraph("Coolant samples go to the lab after every second service.")
+    buf = io.BytesIO()
+    d.save(buf)
+    return buf.getvalue()
+
+
+def scanned_pdf_bytes() -> bytes:
+    """A scan: pages that are only pictures of text (Pillow images saved as PDF), no text layer at all."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=44)
+
+    def page(lines: list[str]) -> Image.Image:
+        img = Image.new("L", (1700, 2200), 255)
+        draw = ImageDraw.Draw(img)
+        for i, line in enumerate(lines):
+            draw.text((150, 200 + 90 * i), line, fill=0, font=font)
+        return img
+
+    pages = [
+        page(["Badge office notes", "", *QUILLON]),
+        page(["Spare ribbons are kept in cabinet 7."]),
+        page(["Lost badges are reported to the front desk."]),
+    ]
+    buf = io.BytesIO()
+    pages[0].save(buf, "PDF", resolution=200.0, save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
+def ingest_row(page: Any, name: str) -> Any:
+    return page.locator(f'#docs-batches li.ingest-file[data-name="{name}"]')
+
+
+def ask(page: Any, question: str) -> Any:
+    """Sends a question and waits for its whole answer; returns the answer's message element."""
+    before = page.locator(".message.assistant").count()
+    page.fill("#message-input", question)
+    page.press("#message-input", "Enter")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.message.assistant:not(.streaming)').length > {before}", timeout=180_000
+    )
+    return page.locator(".message.assistant").nth(before)
+
+
+def assert_sources_name(answer: Any, uri: str) -> None:
+    """The first source is the file, and every chip in the text points to a passage of it."""
+    uris = answer.locator(".sources li .source-uri").all_inner_texts()
+    assert uris and uris[0] == uri, (uris, answer.inner_html())
+    for chip in answer.locator(".body button.cite").all():
+        assert uris[int(chip.get_attribute("data-n")) - 1] == uri, answer.inner_html()
+
+
+def test_upload_documents_from_the_page_follow_each_file_then_ask_and_delete(browser: Any, live_server: Server) -> None:
+    page, errors = open_chat(browser, live_server, 900)
+    page.click("#docs-toggle")
+    assert page.locator("#docs-toggle").get_attribute("aria-expanded") == "true"
+    page.select_option("#docs-collection", "__new__")
+    page.fill("#docs-new-name", "plant-ops")
+    # Every status a file's row shows, in order, as a person watching would have seen it.
+    page.evaluate(
+        "() => { window.__seen = {}; new MutationObserver(() => {"
+        " document.querySelectorAll('#docs-batches li.ingest-file').forEach((li) => {"
+        " const s = (window.__seen[li.dataset.name] ||= []); const t = li.querySelector('.file-status').textContent;"
+        " if (s[s.length - 1] !== t) s.push(t); }); })"
+        ".observe(document.querySelector('#docs-batches'), {subtree: true, childList: true, characterData: true}); }"
+    )
+    page.set_input_files(
+        "#docs-files",
+        files=[
+            {"name": "halvorsen.docx", "mimeType": "application/octet-stream", "buffer": docx_bytes()},
+            {"name": "badge-scan.pdf", "mimeType": "application/pdf", "buffer": scanned_pdf_bytes()},
+            {"name": "broken.pdf", "mimeType": "application/pdf", "buffer": b"not a pdf"},
+        ],
+    )
+    batch = page.locator("#docs-batches .batch").first
+    batch.locator(".batch-bar").wait_for(timeout=5_000)
+    page.screenshot(path=str(SHOTS / "enclave-documents-progress.png"))
+    page.wait_for_selector('#docs-batches .batch:not([data-state="running"])', timeout=240_000)
+    page.screenshot(path=str(SHOTS / "enclave-documents-done.png"))
+
+    for name in ("halvorsen.docx", "badge-scan.pdf"):
+        row = ingest_row(page, name)
+        assert row.get_attribute("data-state") == "done", row.inner_text()
+        assert re.fullmatch(r"done · \d+ chunks?", row.locator(".file-status").inner_text()), row.inner_text()
+        assert row.locator(".bar").get_attribute("aria-valuenow") == "100"
+    seen = page.evaluate("() => window.__seen")
+    assert any(s.startswith("OCR page ") for s in seen["badge-scan.pdf"]), seen  # the scan was read by OCR
+    broken = ingest_row(page, "broken.pdf")
+    assert broken.get_attribute("data-state") == "error"
+    assert broken.locator(".file-status").inner_text() == "failed"
+    assert "not a valid PDF" in broken.locator(".file-error").inner_text(), broken.inner_text()
+    assert batch.get_attribute("data-state") == "errors"
+    assert batch.locator(".batch-errors").inner_text() == "1 failed"
+    assert batch.locator(".batch-counts").inner_text() == "2 done"
+    batch.locator(".batch-errors").click()  # only the failed file stays in view
+    assert [r.is_visible() for r in batch.locator("li.ingest-file").all()] == [False, False, True]
+
+    # Listed in the new collection, now chosen, newest first, each with its kind, chunks and time.
+    page.wait_for_function("() => document.querySelectorAll('#docs-list .doc').length === 2", timeout=10_000)
+    assert page.locator("#docs-collection").input_value() == "plant-ops"
+    for uri, kind in (("upload/halvorsen.docx", "DOCX"), ("upload/badge-scan.pdf", "PDF")):
+        doc = page.locator(f'#docs-list .doc[data-uri="{uri}"]')
+        assert doc.locator(".kind").inner_text() == kind
+        assert re.fullmatch(r"\d+ chunks?", doc.locator(".doc-chunks").inner_text())
+        when = doc.locator("time.doc-time")
+        assert when.inner_text() == "just now", doc.inner_html()
+        assert page.evaluate("(s) => Math.abs(Date.now() - Date.parse(s)) < 600000", when.get_attribute("datetime"))
+    assert page.locator('#docs-list .doc[data-uri="upload/halvorsen.docx"] .doc-title').inner_text() == (
+        "Cooling loop maintenance"
+    )
+
+    # Ask about each file: the answer's sources name it.
+    page.click("details.settings summary")
+    page.select_option("#collection-select", "plant-ops")  # the panel offered the new collection to the chat
+    page.select_option("#route-select", "rag")
+    assert_sources_name(ask(page, "How often is the Halvorsen cooling loop serviced?"), "upload/halvorsen.docx")
+    assert_sources_name(ask(page, "When is the Quillon badge printer refilled?"), "upload/badge-scan.pdf")
+
+    # Delete: a first click only asks; Cancel keeps it; Delete removes it from the list and the store.
+    scan = page.locator('#docs-list .doc[data-uri="upload/badge-scan.pdf"]')
+    scan.locator(".doc-delete").click()
+    assert "badge" in scan.locator(".confirm-text").inner_text().lower()
+    scan.locator(".confirm-no").click()
+    assert scan.locator(".confirm").count() == 0 and page.locator("#docs-list .doc").count() == 2
+    scan.locator(".doc-delete").click()
+    scan.locator(".confirm-yes").click()
+    page.wait_for_function("() => document.querySelectorAll('#docs-list .doc').length === 1", timeout=10_000)
+    left = live_server.get("/v1/collections/plant-ops/documents").json()["data"]
+    assert [d["uri"] for d in left] == ["upload/halvorsen.docx"]
+    assert "1 document" in page.locator("#docs-count").inner_text()
+    assert not errors, errors
+    page.close()
+
+
+READER_KEY, ADMIN_KEY = "page-reader-key-0123456789", "page-admin-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The echo backend behind API keys: an admin and a key that may only read."""
+    data = tmp_path_factory.mktemp("keyed")
+    keys = data / "keys.yaml"
+    keys.write_text(f"- name: ops\n  key: {ADMIN_KEY}\n  admin: true\n- name: reader\n  key: {READER_KEY}\n")
+    server = Server(
+        data, env={"ENCLAVE_MODELS__BACKEND": "echo", "ENCLAVE_AUTH__API_KEYS_FILE": str(keys)}, log_name="keyed"
+    ).start()
+    files = [("files", ("notes.md", b"# Notes\n\nThe archive room key hangs in the blue box.\n", "text/markdown"))]
+    r = server.post("/v1/documents", files=files, data={"collection": "shared"}, headers=_bearer(ADMIN_KEY))
+    assert r.status_code == 200, r.text
+    yield server
+    server.stop()
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_a_read_only_key_is_told_why_and_an_admin_key_uploads_a_dropped_folder(
+    browser: Any, keyed_server: Server, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.add_init_script(
+        f"localStorage.getItem('enclave.apiKey') || localStorage.setItem('enclave.apiKey', '{READER_KEY}')"
+    )
+    page.goto(keyed_server.url + "/")
+    page.click("#docs-toggle")
+    notice = page.locator("#docs-notice")
+    notice.wait_for(timeout=10_000)
+    assert "admin key" in notice.inner_text() and notice.get_attribute("data-kind") == "auth", notice.inner_text()
+    assert page.locator("#docs-pick-files").is_disabled() and page.locator("#docs-pick-folder").is_disabled()
+    page.wait_for_selector('#docs-list .doc[data-uri="upload/notes.md"]', timeout=10_000)  # reading is allowed
+    assert not page.locator(".doc-delete").first.is_visible()
+    page.screenshot(path=str(SHOTS / "enclave-documents-read-only.png"))
+
+    # The admin key, entered under Settings: the notice goes, the pickers and delete come back.
+    page.click("details.settings summary")
+    page.fill("#api-key", ADMIN_KEY)
+    page.locator("#api-key").dispatch_event("change")
+    page.wait_for_function("() => !document.querySelector('#docs-pick-files').disabled", timeout=10_000)
+    assert notice.is_hidden()
+    page.hover('#docs-list .doc[data-uri="upload/notes.md"]')
+    assert page.locator(".doc-delete").first.is_visible()
+
+    # A folder through the folder picker: each file keeps its path inside the folder.
+    folder = tmp_path / "handbook"
+    (folder / "rooms").mkdir(parents=True)
+    (folder / "rooms" / "archive.md").write_text("# Archive\n\nThe archive closes at noon on Fridays.\n")
+    (folder / "parking.txt").write_text("Parking\nVisitors park on level minus two.\n")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    page.set_input_files("#docs-folder", str(folder))
+    page.wait_for_selector('#docs-batches .batch[data-state="done"]', timeout=60_000)
+    names = sorted(page.locator("#docs-batches li.ingest-file").evaluate_all("els => els.map(e => e.dataset.name)"))
+    assert names == ["handbook/parking.txt", "handbook/rooms/archive.md"], names  # the hidden file was left out
+    # Files dropped on the panel (a drop of plain files, as a file manager gives them).
+    page.evaluate(
+        "() => { const dt = new DataTransfer();"
+        " dt.items.add(new File(['# Lift\\n\\nThe goods lift is inspected each March.\\n'], 'lift.md'));"
+        " const zone = document.querySelector('#docs-drop');"
+        " for (const type of ['dragenter', 'dragover', 'drop'])"
+        "   zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true})); }"
+    )
+    page.wait_for_selector('#docs-batches li.ingest-file[data-name="lift.md"][data-state="done"]', timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('#docs-list .doc').length === 4", timeout=10_000)
+    uris = {
+        d["uri"]
+        for d in keyed_server.get("/v1/collections/shared/documents", headers=_bearer(ADMIN_KEY)).json()["data"]
+    }
+    assert uris == {
+        "upload/notes.md",
+        "upload/handbook/parking.txt",
+        "upload/handbook/rooms/archive.md",
+        "upload/lift.md",
+    }
     assert not errors, errors
     page.close()

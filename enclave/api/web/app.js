@@ -507,6 +507,7 @@
     } catch (e) { /* the picker stays empty */ }
     try {
       const cols = (await api("/v1/collections")).data;
+      [...els.collection.options].slice(1).forEach((o) => o.remove()); // the documents panel may have filled it
       cols.forEach((c) => els.collection.add(new Option(`${c.name} (${c.documents})`, c.name)));
     } catch (e) { /* no knowledge base: the picker stays at default */ }
   }
