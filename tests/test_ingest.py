@@ -340,3 +340,16 @@ def test_a_collection_records_the_embedding_runtime_that_wrote_it(
             assert reader.search("lentil soup", "runtime", ANYONE, k=1)  # still answers, with a warning once
     warned = [r.getMessage() for r in caplog.records if "re-ingest" in r.getMessage()]
     assert len(warned) == 1 and "onnx-int8" in warned[0] and "all-MiniLM-L6-v2/onnx" in warned[0]
+
+
+def test_every_registered_format_has_its_reader_and_a_named_library() -> None:
+    import importlib
+
+    from enclave.knowledge.loaders import LIBRARIES, READERS, formats
+
+    for suffix, (kind, where) in READERS.items():
+        module, function = where.split(":")
+        reader = getattr(importlib.import_module(f"enclave.knowledge.loaders.{module}"), function)
+        assert callable(reader), suffix
+        assert kind in LIBRARIES, kind
+    assert {f["suffix"] for f in formats()} == set(READERS)

@@ -200,6 +200,19 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+def formats_command() -> None:
+    """The file formats Enclave reads, and which library reads each."""
+    from enclave.knowledge.loaders import formats
+
+    table = Table("suffixes", "kind", "read by")
+    by_kind: dict[str, list[dict[str, str]]] = {}
+    for f in formats():
+        by_kind.setdefault(f["kind"], []).append(f)
+    for kind, rows in by_kind.items():
+        table.add_row(" ".join(r["suffix"] for r in rows), kind, rows[0]["library"])
+    Console().print(table)
+
+
 @kb_app.command("list")
 def kb_list(collection: str = typer.Option(None, help="List this collection's documents.")) -> None:
     """Collections with their document counts, or one collection's documents."""

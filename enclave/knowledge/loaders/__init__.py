@@ -17,7 +17,19 @@ from enclave.knowledge.loaders.base import (
     Section,
 )
 
-__all__ = ["READERS", "Attachment", "Document", "LoadError", "ReadContext", "ReadLimits", "Section", "kind_of", "load"]
+__all__ = [
+    "LIBRARIES",
+    "READERS",
+    "Attachment",
+    "Document",
+    "LoadError",
+    "ReadContext",
+    "ReadLimits",
+    "Section",
+    "formats",
+    "kind_of",
+    "load",
+]
 
 # suffix -> (kind, "module:function") under enclave.knowledge.loaders
 READERS: dict[str, tuple[str, str]] = {
@@ -53,6 +65,35 @@ READERS: dict[str, tuple[str, str]] = {
     ".gif": ("image", "images:read_image"),
     ".webp": ("image", "images:read_image"),
 }
+
+
+# kind -> what reads it (library, licence): `enclave formats` and the README's table of formats.
+LIBRARIES: dict[str, str] = {
+    "pdf": "pypdfium2 (PDFium; Apache-2.0/BSD): text; pdfplumber (MIT): ruled tables; Tesseract: scanned pages",
+    "html": "lxml (libxml2's HTML parser; BSD): main text under its headings",
+    "markdown": "Enclave: sections under their headings",
+    "text": "Enclave",
+    "docx": "python-docx (MIT): headings, tables in place, tracked insertions",
+    "pptx": "python-pptx (MIT): a section per slide with its notes",
+    "odt": "odfpy (Apache-2.0)",
+    "odp": "odfpy (Apache-2.0): a section per slide with its notes",
+    "epub": "Enclave: zip + OPF spine order, each chapter by the HTML reader (no AGPL ebooklib)",
+    "rtf": "striprtf (BSD)",
+    "xlsx": "openpyxl (MIT), streamed read-only: a sheet per section",
+    "xls": "xlrd (BSD)",
+    "ods": "Enclave: content.xml streamed (repeats never expanded)",
+    "csv": "the standard library's csv",
+    "email": "the standard library's email (EML); olefile (BSD) for Outlook MSG; attachments as documents",
+    "image": "Pillow (HPND) decodes, Tesseract (Apache-2.0; Debian's tesseract-ocr) reads",
+}
+
+
+def formats() -> list[dict[str, str]]:
+    """Every suffix Enclave reads, with its kind and what reads it."""
+    return [
+        {"suffix": suffix, "kind": kind, "reader": where, "library": LIBRARIES[kind]}
+        for suffix, (kind, where) in READERS.items()
+    ]
 
 
 def kind_of(name: str) -> str | None:
