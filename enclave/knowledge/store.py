@@ -24,7 +24,8 @@ from enclave.knowledge.embedder import MODEL_NAME, Embedder
 from enclave.knowledge.loaders import Document, LoadError, ReadContext, ReadLimits, kind_of, load
 from enclave.knowledge.search import BM25Cache, BM25Index, Mode, hybrid_search
 
-COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
+# Chroma's own rule: 3-63 characters (longer allowed by newer versions), starting and ending with a letter or digit.
+COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,61}[A-Za-z0-9]$")
 # Chroma's HNSW for new collections. Its defaults (M 16, ef_construction 100) lose chunks once a collection
 # holds many identical or near-identical ones (boilerplate repeated across documents, generated reference
 # pages): at 100k chunks with 7% duplicates, recall@10 against exact search fell to 0.93. Measured on those
@@ -160,7 +161,8 @@ class KnowledgeBase:
     def check_collection(name: str) -> str:
         if not COLLECTION_RE.match(name):
             raise InvalidRequest(
-                f"invalid collection name {name!r}: 2-63 letters, digits, '_' or '-', starting with a letter or digit"
+                f"invalid collection name {name!r}: 3-63 letters, digits, '_' or '-', starting and ending with a letter "
+                "or digit"
             )
         return name
 
