@@ -353,3 +353,9 @@ def test_every_registered_format_has_its_reader_and_a_named_library() -> None:
         assert callable(reader), suffix
         assert kind in LIBRARIES, kind
     assert {f["suffix"] for f in formats()} == set(READERS)
+
+
+def test_an_attachment_titled_by_its_name_is_titled_by_its_own_name() -> None:
+    doc = load("upload/mail_1.eml#report-q3.md", b"Quarterly numbers are in.")
+    assert doc.title == "report-q3"
+    assert load("upload/mail.eml#notes.md", b"# C# style guide\n\nUse var.").title == "C# style guide"

@@ -120,6 +120,10 @@ def load(name: str, data: bytes, ctx: ReadContext | None = None) -> Document:
         raise LoadError(f"{name}: too large to read as {kind} in memory") from exc
     except Exception as exc:  # a corrupt file of any kind: name it, never crash the run
         raise LoadError(f"{name}: could not be read as {kind}: {type(exc).__name__}: {exc}") from exc
+    if "#" in name:  # an attachment, "mail.eml#report.pdf": a title made of its name is "report", not "mail.eml#report"
+        head = Path(name.rsplit("#", 1)[0]).name
+        if doc.title.replace("_", " ").replace("-", " ").startswith(head.replace("_", " ").replace("-", " ") + "#"):
+            doc.title = doc.title[len(head) + 1 :]
     doc.sections = [s for s in doc.sections if s.text.strip()]
     if not doc.sections and not doc.attachments:
         raise LoadError(f"{name}: no text found")
