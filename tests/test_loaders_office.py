@@ -14,7 +14,9 @@ import pytest
 
 from enclave.knowledge.chunking import chunk_document
 from enclave.knowledge.loaders import READERS, Document, LoadError, ReadContext, ReadLimits, load
-from enclave.knowledge.loaders.office import read_docx, read_epub, read_odp, read_odt, read_pptx, read_rtf
+from enclave.knowledge.loaders.books import read_epub, read_rtf
+from enclave.knowledge.loaders.odf import read_odp, read_odt
+from enclave.knowledge.loaders.ooxml import read_docx, read_pptx
 
 CTX = ReadContext()
 OLE_HEADER = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504
@@ -456,17 +458,17 @@ def test_documents_without_text_are_refused() -> None:
 
 def test_load_dispatches_every_office_suffix() -> None:
     files = {
-        ".docx": make_docx(),
-        ".pptx": make_pptx(),
-        ".odt": make_odt(),
-        ".odp": make_odp(),
-        ".epub": make_epub(),
-        ".rtf": RTF,
+        ".docx": (make_docx(), "ooxml:read_docx"),
+        ".pptx": (make_pptx(), "ooxml:read_pptx"),
+        ".odt": (make_odt(), "odf:read_odt"),
+        ".odp": (make_odp(), "odf:read_odp"),
+        ".epub": (make_epub(), "books:read_epub"),
+        ".rtf": (RTF, "books:read_rtf"),
     }
-    for suffix, data in files.items():
+    for suffix, (data, reader) in files.items():
         doc = load(f"File{suffix.upper()}", data)
         assert doc.kind == READERS[suffix][0] == suffix[1:]
-        assert READERS[suffix][1].startswith("office:") and doc.sections
+        assert READERS[suffix][1] == reader and doc.sections
 
 
 # --- LibreOffice's own files (when it is installed) ----------------------------------------------------------------
