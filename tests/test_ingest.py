@@ -134,6 +134,11 @@ def test_ingest_every_format_and_search_finds_the_right_file(kb: KnowledgeBase, 
     report = kb.ingest_paths([corpus], "tests")
     assert len(report.added) == 4, report
     assert any("broken.pdf" in s for s in report.skipped) and any("image.png" in s for s in report.skipped)
+    # The summary by kind: files read and refused, chunks written, and where the time went.
+    assert report.kinds["pdf"]["files"] == 1 and report.kinds["pdf"]["skipped"] == 1
+    assert report.kinds["image"] == {**report.kinds["image"], "files": 0, "skipped": 1, "chunks": 0}
+    assert sum(k["chunks"] for k in report.kinds.values()) == report.chunks
+    assert all(k["read_s"] > 0 for k in report.kinds.values())
     cases = {
         "When does the parking garage open?": "handbook.pdf",
         "What does the cafeteria serve on Friday?": "menu.html",

@@ -73,6 +73,18 @@ def _summary(collection: str, report: IngestReport, when: str = "") -> None:
     )
     for why in report.skipped:
         console.print(f"  [yellow]skipped[/yellow] {why}")
+    if report.kinds:
+        table = Table("kind", "files", "skipped", "chunks", "reading s", "embedding s", title="by kind of file")
+        for kind, row in sorted(report.kinds.items(), key=lambda kv: -kv[1]["files"]):
+            table.add_row(
+                kind,
+                str(int(row["files"])),
+                str(int(row["skipped"])),
+                str(int(row["chunks"])),
+                f"{row['read_s']:.1f}",
+                f"{row['embed_s']:.1f}",
+            )
+        console.print(table)
 
 
 def _all_skipped(report: IngestReport) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import secrets
 import shutil
@@ -16,10 +17,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from enclave.core.errors import NotFound
-from enclave.core.files import atomic_write
+from enclave.core.files import atomic_path, atomic_write
 
 if TYPE_CHECKING:
     from enclave.knowledge.store import KnowledgeBase
@@ -84,14 +85,22 @@ class Inbox:
         self._stop = threading.Event()
 
     # -- accepting ------------------------------------------------------------------------------
-    def accept(self, collection: str, files: list[tuple[str, bytes]]) -> Job:
-        """Write every file (fsynced) and the job's manifest, then queue it: when this returns, nothing is lost."""
+    def accept(self, collection: str, files: list[tuple[str, bytes | BinaryIO]]) -> Job:
+        """Write every file (bytes, or a file object copied in pieces: an upload is never held in memory whole),
+        fsynced, and the job's manifest, then queue it: when this returns, nothing is lost."""
         self.kb.check_collection(collection)
-        job = Job(f"ing_{secrets.token_hex(8)}", collection, time.time(), [FileStatus(n, len(d)) for n, d in files])
+        job = Job(f"ing_{secrets.token_hex(8)}", collection, time.time(), [FileStatus(n, 0) for n, _ in files])
         folder = self.root / job.id
         folder.mkdir(parents=True)
         for i, (_, data) in enumerate(files):
-            atomic_write(folder / f"{i:05d}", data, fsync=True)
+            with atomic_path(folder / f"{i:05d}") as tmp, tmp.open("wb") as out:
+                if isinstance(data, bytes):
+                    out.write(data)
+                else:
+                    shutil.copyfileobj(data, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+                job.files[i].size = out.tell()
         self._save(job)
         with self._lock:
             self.jobs[job.id] = job

@@ -50,9 +50,16 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "name: reason"
     chunks: int = 0
+    # per kind of file: files read, skipped, chunks written, seconds reading (to chunks) and embedding + writing
+    kinds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    def count(self, kind: str, **add: float) -> None:
+        row = self.kinds.setdefault(kind, {"files": 0, "skipped": 0, "chunks": 0, "read_s": 0.0, "embed_s": 0.0})
+        for key, value in add.items():
+            row[key] += value
 
 
 class WriteLock:
@@ -161,8 +168,8 @@ class KnowledgeBase:
     def check_collection(name: str) -> str:
         if not COLLECTION_RE.match(name):
             raise InvalidRequest(
-                f"invalid collection name {name!r}: 3-63 letters, digits, '_' or '-', starting and ending with a letter "
-                "or digit"
+                f"invalid collection name {name!r}: 3-63 letters, digits, '_' or '-', starting and ending with a "
+                "letter or digit"
             )
         return name
 
@@ -303,11 +310,15 @@ class KnowledgeBase:
         # Anything else is redone: a new version, or what a crash left (a version written only in part, or
         # the old version not yet removed). Chunk ids are derived from the content, so redoing is idempotent.
         tell("reading")
+        kind = kind_of(uri) or "unsupported"
+        started = time.perf_counter()
         try:
             doc = load(uri, data, ReadContext(self.limits, tell))
         except LoadError as exc:
             report.skipped.append(str(exc))
+            report.count(kind, skipped=1, read_s=time.perf_counter() - started)
             return report
+        report.count(kind, files=1, read_s=time.perf_counter() - started)
         if doc.sections:
             self._write_document(uri, doc, content_hash, doc_id, collection, existing, versions, report, tell, parent)
         for a in doc.attachments:
@@ -333,8 +344,12 @@ class KnowledgeBase:
         parent: str,
     ) -> None:
         col = self._collection(collection, create=True)
+        started = time.perf_counter()
         pieces = self.chunk(doc)
+        kind = kind_of(uri) or doc.kind
+        report.count(kind, read_s=time.perf_counter() - started)
         tell(f"embedding {len(pieces)} chunks")
+        started = time.perf_counter()
         now = round(time.time(), 3)
         embeddings = self.embedder.embed([t for t, _ in pieces])
         metas = [
@@ -375,6 +390,7 @@ class KnowledgeBase:
             self._changed(collection)
         (report.updated if set(versions) - {content_hash} else report.added).append(uri)
         report.chunks += len(pieces)
+        report.count(kind, chunks=len(pieces), embed_s=time.perf_counter() - started)
 
     def ingest_paths(
         self, paths: Iterable[Path], collection: str, progress: Callable[[str, int, int], None] | None = None

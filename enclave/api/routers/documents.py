@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, Field
@@ -68,7 +68,8 @@ async def ingest_job(
     `GET /v1/ingest/{id}` follows each file (queued, reading, OCR page 3/12, embedding, done or error)."""
     _admin(who)
     inbox = inbox_of(request)
-    batch = [(upload_name(f.filename), await f.read()) for f in files]
+    # Spooled to disk by the server: copied into the inbox in pieces, never read whole.
+    batch: list[tuple[str, bytes | BinaryIO]] = [(upload_name(f.filename), f.file) for f in files]
     job = await asyncio.to_thread(inbox.accept, collection, batch)
     return job.as_dict()
 
