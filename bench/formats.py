@@ -215,17 +215,25 @@ def write_xlsx(html: Path, out: Path) -> int:
 
 
 def right(answer: str, cell: str) -> bool:
-    """The answer holds the cell's text (quotes, case and spacing aside); a cell of several words may come back
-    reworded in order, so there every word of it must be in the answer."""
+    """The answer holds the cell's text (quotes, case and spacing aside; not inside a longer token: "0 - north" is
+    not in "90 - north"); a cell of several words may come back reworded in order, so there every word of it must
+    be in the answer."""
 
     def norm(text: str) -> str:
         return " ".join(re.sub(r"[`'\"“”‘’]", "", text).lower().split()).rstrip(".")
 
     a, c = norm(answer), norm(cell)
-    if c in a:
+    if re.search(rf"(?<![\w.-]){re.escape(c)}(?![\w-])", a):
         return True
     words = re.findall(r"\w+", c)
     return len(words) > 3 and all(re.search(rf"\b{re.escape(w)}\b", a) for w in words)
+
+
+def outcome(got: dict[str, Any], cell: str) -> str:
+    """right, declined or wrong. A decline quotes the closest passages, which may hold the cell: never right."""
+    if got.get("documents") == "declined" or got.get("quoted_instead"):
+        return "declined"
+    return "right" if right(got["answer"], cell) else "wrong"
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -282,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--pages", type=int, default=80, help="Module pages in every format.")
     ap.add_argument("--scanned", type=int, default=25, help="Of those, pages also scanned (OCR is the slow part).")
     ap.add_argument("--tables", type=int, default=30, help="Table questions answered (0: none, no model loaded).")
+    ap.add_argument("--tables-only", action="store_true", help="Only the table questions (formats kept from --out).")
+    ap.add_argument("--table-style", choices=("markdown", "records"), default="markdown", help="ingest.table_style")
     ap.add_argument("--data", type=Path, default=ROOT / ".cache" / "bench-formats")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
@@ -289,6 +299,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console(width=max(140, Console().width))
     if shutil.which("soffice") is None:
         raise SystemExit("LibreOffice is needed: apt-get install libreoffice-writer-nogui libreoffice-calc-nogui")
+    previous = json.loads(args.out.read_text()) if args.tables_only and args.out.exists() else {}
+    formats = previous.get("formats", {}) if args.tables_only else measure_formats(args, console)
+    tables = answer_tables(args, console) if args.tables else {}
+    result = {
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "command": "python -m bench.formats " + " ".join(argv or []),
+        "formats": formats,
+        "tables": tables,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print_table(result, console)
+    return result
+
+
+def measure_formats(args: argparse.Namespace, console: Console) -> dict[str, dict[str, Any]]:
+    """Every format ingested into its own collection: hit@5 per format, paired with the HTML, and reading speed."""
     from bench.retrieval import questions
 
     qs = spread([{**q, "stem": Path(q["uri"]).stem} for q in questions(DOCS)], args.pages)
@@ -342,22 +370,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a, b = formats[name]["per_question"], formats[base]["per_question"]
         mean, lo, hi = bootstrap_mean([float(a[m]) - float(b[m]) for m in a])
         formats[name]["vs_html"] = {"against": base, "diff": mean, "ci": [lo, hi]}
-
-    tables = answer_tables(args, html, console) if args.tables else {}
-    result = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
-        "command": "python -m bench.formats " + " ".join(argv or []),
-        "formats": formats,
-        "tables": tables,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print_table(result, console)
-    return result
+    return formats
 
 
-def answer_tables(args: argparse.Namespace, html: list[Path], console: Console) -> dict[str, Any]:
+def answer_tables(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """The pipeline answers table-cell questions from the DOCX and XLSX copies of the pages holding the tables."""
     from bench.answers import Runner
 
@@ -375,12 +391,13 @@ def answer_tables(args: argparse.Namespace, html: list[Path], console: Console) 
     convert([src / f"{m}.html" for m in modules], "docx", docx)
     settings = Settings(data_dir=str(args.data / f"tables-{int(time.time())}"))
     settings.rag.ingest_samples = False
+    settings.ingest.table_style = args.table_style
     runner = Runner(settings)
 
     async def run() -> dict[str, Any]:
         await runner.start()
         out: dict[str, Any] = {}
-        for fmt, folder, suffix in (("docx", docx, "docx"), ("xlsx", xlsx, "xlsx")):
+        for fmt, folder, suffix in (("html", src, "html"), ("docx", docx, "docx"), ("xlsx", xlsx, "xlsx")):
             collection = f"t-{fmt}"
             for m in modules:
                 runner.kb.ingest_bytes(
@@ -397,18 +414,26 @@ def answer_tables(args: argparse.Namespace, html: list[Path], console: Console) 
                 task = bar.add_task(fmt, total=len(qs))
                 for q in qs:
                     got = await runner.ask(q, collection, 120)
+                    passages = runner.passages(collection, [str(x["id"]) for x in got["sources"]])
                     rows.append(
                         {
                             "id": q["id"],
                             "question": q["question"],
                             "cell": q["cell"],
                             "answer": got["answer"],
-                            "right": right(got["answer"], q["cell"]),
+                            "outcome": outcome(got, q["cell"]),
+                            # whether a passage put before the model holds the cell: reading vs finding
+                            "retrieved": any(right(p, q["cell"]) for p in passages),
                         }
                     )
                     bar.advance(task)
-            k = sum(r["right"] for r in rows)
-            out[fmt] = {"right": k / len(rows), "ci": wilson(k, len(rows)), "n": len(rows), "rows": rows}
+            n = len(rows)
+            out[fmt] = {"n": n, "table_style": args.table_style, "rows": rows}
+            for what in ("right", "declined", "wrong"):
+                k = sum(r["outcome"] == what for r in rows)
+                out[fmt][what] = k / n
+                out[fmt][f"{what}_ci"] = wilson(k, n)
+            out[fmt]["retrieved"] = sum(r["retrieved"] for r in rows) / n
         return out
 
     return asyncio.run(run())
@@ -431,7 +456,9 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     console.print(t)
     for fmt, r in result.get("tables", {}).items():
         console.print(
-            f"table cells answered right from {fmt}: {r['right']:.2f} ({r['ci'][0]:.2f}–{r['ci'][1]:.2f}), n={r['n']}"
+            f"table cells from {fmt} ({r['table_style']}): right {r['right']:.2f} ({r['right_ci'][0]:.2f}–"
+            f"{r['right_ci'][1]:.2f}), declined {r['declined']:.2f}, wrong {r['wrong']:.2f}; the cell was in the "
+            f"passages {r['retrieved']:.2f}; n={r['n']}"
         )
 
 

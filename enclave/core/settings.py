@@ -307,6 +307,11 @@ class IngestSettings(BaseModel):
     )
     max_ratio: int = Field(200, description="Unpacked / packed size of a zip container beyond which it is a zip bomb.")
     max_rows: int = Field(1_000_000, description="Spreadsheet rows per file; a larger sheet is refused.")
+    table_style: Literal["markdown", "records"] = Field(
+        "markdown",
+        description="How a table's rows are written into chunks: Markdown tables under their header row, or records "
+        "(\"Header: cell; Header: cell\" per row). Compared in bench/formats.",
+    )
     ocr: bool = Field(True, description="Read scanned pages (no text layer) and images with Tesseract.")
     ocr_languages: str = Field("eng", description="Tesseract languages, e.g. eng+deu (their traineddata installed).")
     ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution scanned pages are rendered at for OCR.")

@@ -102,6 +102,7 @@ def read_limits(settings: Settings) -> ReadLimits:
         max_ratio=i.max_ratio,
         max_rows=i.max_rows,
         section_chars=settings.rag.chunk_size,
+        table_style=i.table_style,
         ocr=i.ocr,
         ocr_languages=i.ocr_languages,
         ocr_dpi=i.ocr_dpi,

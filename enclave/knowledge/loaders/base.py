@@ -56,6 +56,7 @@ class ReadLimits:
     max_ratio: int = 200  # unpacked / packed size of a zip container: beyond it, a zip bomb
     max_rows: int = 1_000_000  # spreadsheet rows read per file; beyond it the file is refused
     section_chars: int = 800  # a table is cut into pieces of about this size, each under its header row
+    table_style: str = "markdown"  # "markdown" tables, or "records": "Header: cell; Header: cell" per row
     ocr: bool = True  # read pages without a text layer, and images, with Tesseract
     ocr_languages: str = "eng"  # Tesseract's -l: "eng+deu"
     ocr_dpi: int = 200
@@ -104,25 +105,34 @@ def read_member(zf: zipfile.ZipFile, member: str, limits: ReadLimits) -> bytes:
 
 
 def rows_to_sections(
-    rows: list[list[str]], header: list[str], heading: str, section_chars: int, page: int | None = None
+    rows: list[list[str]], header: list[str], heading: str, limits: ReadLimits, page: int | None = None
 ) -> list[Section]:
-    """A table as Markdown tables of about section_chars each, every one under the header row, so a chunk of a
-    long table still says what its columns are."""
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |"
-
+    """A table in pieces of about limits.section_chars, each able to stand alone in a chunk. Every piece is two
+    lines that say what the columns are, then one line per row (sheets.py relies on that shape):
+    - "markdown": a Markdown table under its header row;
+    - "records": each row as "Header: cell; Header: cell", so a row read alone still names its columns."""
     width = max([len(header), *(len(r) for r in rows)], default=0)
     if not width:
         return []
-    head = [*header, *[""] * (width - len(header))]
-    top = line(head) + "\n" + "|" + "---|" * width
+    head = [" ".join(h.split()) for h in [*header, *[""] * (width - len(header))]]
+    if limits.table_style == "records":
+        names = [h or f"column {i + 1}" for i, h in enumerate(head)]
+        top = "Columns: " + " | ".join(names) + "\n"
+
+        def line(cells: list[str]) -> str:
+            return "; ".join(f"{n}: {' '.join(c.split())}" for n, c in zip(names, cells, strict=False) if c.strip())
+    else:
+        top = _md_row(head) + "\n" + "|" + "---|" * width
+
+        def line(cells: list[str]) -> str:
+            return _md_row([*cells, *[""] * (width - len(cells))])
+
     out: list[Section] = []
     buf: list[str] = []
     size = len(top)
     for r in rows:
-        text = line([*r, *[""] * (width - len(r))])
-        if buf and size + len(text) + 1 > section_chars:
+        text = line(r)
+        if buf and size + len(text) + 1 > limits.section_chars:
             out.append(Section(top + "\n" + "\n".join(buf), heading, page))
             buf, size = [], len(top)
         buf.append(text)
@@ -130,3 +140,7 @@ def rows_to_sections(
     if buf:
         out.append(Section(top + "\n" + "\n".join(buf), heading, page))
     return out
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, Section
+from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, ReadLimits, Section
 from enclave.knowledge.loaders.containers import a_or_an, container, damaged, member_of
 from enclave.knowledge.loaders.outline import HEADING_STYLE, MAX_REPEAT, Body, check_slides
 
@@ -35,7 +35,7 @@ _ODF_MIME = {"ODT": "application/vnd.oasis.opendocument.text", "ODP": "applicati
 
 def read_odt(name: str, data: bytes, ctx: ReadContext) -> Document:
     doc = _odf(name, data, ctx, "ODT")
-    body = Body(ctx.limits.section_chars)
+    body = Body(ctx.limits)
     for kind, level, value in _odf_blocks(_odf_body(name, doc, "ODT"), _odf_heading_styles(doc)):
         if kind == "h" and value:
             body.start(level, value)
@@ -54,7 +54,7 @@ def read_odp(name: str, data: bytes, ctx: ReadContext) -> Document:
     sections, first_title = [], ""
     for i, page in enumerate(pages, start=1):
         ctx.progress(f"slide {i}/{len(pages)}")
-        title, parts, notes = _odp_page(page, ctx.limits.section_chars)
+        title, parts, notes = _odp_page(page, ctx.limits)
         first_title = first_title or title
         label = title or _odf_unescape(str(page.getAttrNS(_DRAW, "name") or ""))
         heading = f"Slide {i}: {label}" if label and not _ODP_DEFAULT_NAME.fullmatch(label) else f"Slide {i}"
@@ -210,7 +210,7 @@ def _odf_descendants(el: Any, qname: tuple[str, str], stop: tuple[str, str]) -> 
             yield from _odf_descendants(child, qname, stop)
 
 
-def _odp_page(page: Any, section_chars: int) -> tuple[str, list[str], str]:
+def _odp_page(page: Any, limits: ReadLimits) -> tuple[str, list[str], str]:
     """A slide's title, its shapes' text in reading order (tables as Markdown), and its speaker notes."""
     title, parts, notes = "", [], ""
     for el in sorted(_odp_shapes(page), key=_odp_position):
@@ -219,7 +219,7 @@ def _odp_page(page: Any, section_chars: int) -> tuple[str, list[str], str]:
         elif str(el.getAttrNS(_PRES, "class") or "") == "title" and not title:
             title = _odf_text(el)
         else:
-            body = Body(section_chars)
+            body = Body(limits)
             for kind, _, value in _odf_blocks(el):
                 if kind == "table":
                     body.table(value)

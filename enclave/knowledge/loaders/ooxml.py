@@ -44,7 +44,7 @@ def _docx_document(name: str, data: bytes, ctx: ReadContext) -> Document:
     from docx.text.paragraph import Paragraph
 
     doc = docx.Document(io.BytesIO(data))
-    body = Body(ctx.limits.section_chars)
+    body = Body(ctx.limits)
     styles: dict[str, tuple[int | None, bool]] = {}
     for kind, el in _docx_blocks(doc.element.body):
         if kind == "tbl":
@@ -170,7 +170,7 @@ def _pptx_document(name: str, data: bytes, ctx: ReadContext) -> Document:
         title = " ".join(title_shape.text_frame.text.split()) if title_shape is not None else ""
         first_title = first_title or title
         heading = f"Slide {i}: {title}" if title else f"Slide {i}"
-        parts = list(_pptx_shapes(slide.shapes, title_shape, heading, ctx.limits.section_chars))
+        parts = list(_pptx_shapes(slide.shapes, title_shape, heading, ctx.limits))
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             notes = _pptx_text(slide.notes_slide.notes_text_frame.text)
             parts += [f"Notes: {notes}"] if notes else []
@@ -179,7 +179,7 @@ def _pptx_document(name: str, data: bytes, ctx: ReadContext) -> Document:
     return Document(title, "pptx", sections)
 
 
-def _pptx_shapes(shapes: Any, title_shape: Any, heading: str, section_chars: int) -> Iterator[str]:
+def _pptx_shapes(shapes: Any, title_shape: Any, heading: str, limits: ReadLimits) -> Iterator[str]:
     """The text of shapes in reading order (top to bottom, then left to right), groups opened, tables as Markdown."""
     from pptx.shapes.group import GroupShape
 
@@ -187,14 +187,14 @@ def _pptx_shapes(shapes: Any, title_shape: Any, heading: str, section_chars: int
         if title_shape is not None and shape.shape_id == title_shape.shape_id:
             continue  # the slide's title is its heading
         if isinstance(shape, GroupShape):
-            yield from _pptx_shapes(shape.shapes, None, heading, section_chars)
+            yield from _pptx_shapes(shape.shapes, None, heading, limits)
         elif getattr(shape, "has_table", False):
             rows = [[_pptx_text(c.text) if not c.is_spanned else "" for c in row.cells] for row in shape.table.rows]
             rows = [r for r in rows if any(r)]
             if len(rows) == 1:
                 yield " | ".join(c for c in rows[0] if c)
             elif rows:
-                yield from (s.text for s in rows_to_sections(rows[1:], rows[0], heading, section_chars))
+                yield from (s.text for s in rows_to_sections(rows[1:], rows[0], heading, limits))
         elif shape.has_text_frame and shape.text_frame.text.strip():
             yield _pptx_text(shape.text_frame.text)
 

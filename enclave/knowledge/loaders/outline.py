@@ -14,8 +14,8 @@ HEADING_STYLE = re.compile(r"heading\s*(\d)", re.IGNORECASE)
 class Body:
     """Sections built as blocks come in document order: a heading starts one, a table becomes Markdown ones."""
 
-    def __init__(self, section_chars: int) -> None:
-        self.section_chars = section_chars
+    def __init__(self, limits: ReadLimits) -> None:
+        self.limits = limits
         self.sections: list[Section] = []
         self.path: list[tuple[int, str]] = []
         self.first_heading = ""
@@ -41,7 +41,7 @@ class Body:
             self.add(" | ".join(c for c in rows[0] if c.strip()))
         elif rows:
             self.flush()
-            self.sections += rows_to_sections(rows[1:], rows[0], self.heading, self.section_chars)
+            self.sections += rows_to_sections(rows[1:], rows[0], self.heading, self.limits)
 
     def flush(self) -> None:
         if self.buf:

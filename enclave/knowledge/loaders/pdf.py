@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclave.knowledge.loaders import ocr
-from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, Section, rows_to_sections
+from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, ReadLimits, Section, rows_to_sections
 
 if TYPE_CHECKING:
     import pypdfium2
@@ -145,7 +145,7 @@ def _tables(name: str, data: bytes, pages: list[_Page], ctx: ReadContext) -> dic
             page = doc.pages[p.number - 1]
             header = carry[1] if carry and carry[0] == p.number - 1 else None
             try:
-                found = _page_tables(page, p.number, ctx.limits.section_chars, header)
+                found = _page_tables(page, p.number, ctx.limits, header)
             except Exception as exc:  # a table is a bonus: the page keeps pdfium's text
                 log.warning("%s: page %d: tables not read (%s: %s)", name, p.number, type(exc).__name__, exc)
                 found = None
@@ -158,7 +158,7 @@ def _tables(name: str, data: bytes, pages: list[_Page], ctx: ReadContext) -> dic
 
 
 def _page_tables(
-    page: Any, number: int, section_chars: int, header_above: list[str] | None
+    page: Any, number: int, limits: ReadLimits, header_above: list[str] | None
 ) -> tuple[list[Section], list[str] | None] | None:
     """The page top to bottom: the text between its tables, and each table (first row the header), with the
     header of the table that runs on to the next page; None when pdfplumber finds no table of at least two rows
@@ -181,7 +181,7 @@ def _page_tables(
         width = max(len(r) for r in rows)
         if k == 0 and _footer(band) and header_above and len(header_above) == width and rows[0] != header_above:
             rows = [header_above, *rows]
-        out += band + rows_to_sections(rows[1:], rows[0], "", section_chars, number)
+        out += band + rows_to_sections(rows[1:], rows[0], "", limits, number)
         above = bbox[3]
     tail = _text_band(page, boxes, above, float(page.height) + 1, number)
     return out + tail, (tables[-1][1][0] if _footer(tail) else None)

@@ -25,6 +25,7 @@ from enclave.knowledge.loaders.base import (
     Document,
     LoadError,
     ReadContext,
+    ReadLimits,
     Section,
     open_zip,
     rows_to_sections,
@@ -85,7 +86,7 @@ class _Sheet:
         self.used.update(i for i in range(end) if cells[i])
         self.rows.extend([joined] * times)  # the same string object repeated costs a reference each
 
-    def sections(self, section_chars: int) -> list[Section]:
+    def sections(self, limits: ReadLimits) -> list[Section]:
         if not self.rows:
             return []
         keep = sorted(self.used)
@@ -96,13 +97,13 @@ class _Sheet:
         carry: list[list[str]] = []
         for start in range(1, len(self.rows), _BATCH):
             batch = carry + [self._cells(r, keep) for r in self.rows[start : start + _BATCH]]
-            pieces = rows_to_sections(batch, header, self.title, section_chars)
+            pieces = rows_to_sections(batch, header, self.title, limits)
             # The last piece may be cut short by the batch's end: its rows go round again with the next batch.
             # A piece is the header line, the rule and one line per row (cells never hold a newline there).
             last = pieces.pop()
             carry = batch[len(batch) - (last.text.count("\n") - 1) :]
             out.extend(pieces)
-        out.extend(rows_to_sections(carry, header, self.title, section_chars))
+        out.extend(rows_to_sections(carry, header, self.title, limits))
         self.rows = []
         return out
 
@@ -144,7 +145,7 @@ def _document(name: str, kind: str, sheets: Iterable[tuple[str, Rows]], count: i
         sheet = _Sheet(name, title, budget)
         for cells, times in rows:
             sheet.add(cells, times)
-        sections.extend(sheet.sections(ctx.limits.section_chars))
+        sections.extend(sheet.sections(ctx.limits))
     return Document(Path(name).stem, kind, sections)
 
 
