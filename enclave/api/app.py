@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         conversations,
         documents,
         embeddings_api,
+        feedback,
         health,
         openai_api,
         sse,
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings_api.router)
     app.include_router(completions_api.router)
     app.include_router(conversations.router)
+    app.include_router(feedback.router)
     app.include_router(adapters_api.router)
     app.include_router(documents.router)
 

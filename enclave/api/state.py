@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from enclave.adapters.registry import AdapterRegistry
 from enclave.api.auth import Authenticator
 from enclave.chat.conversations import SqlConversationStore
+from enclave.chat.feedback import FeedbackService
 from enclave.chat.limits import KeyLimits
 from enclave.chat.metrics import Metrics
 from enclave.chat.pipeline import ChatPipeline
@@ -40,6 +41,7 @@ class State:
         self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
         if self.auth.enabled:
             self.pipeline.key_limits = KeyLimits(settings.limits, settings.storage.redis_url)
+        self.feedback = FeedbackService(self.store, self.metrics, settings.limits, settings.storage.redis_url)
         self.ready = False
         self.draining = False
         self.load_error: str | None = None

@@ -39,7 +39,14 @@ return -1
 
 
 class KeyLimits:
-    def __init__(self, settings: LimitsSettings, redis_url: str | None = None, stream_ttl_s: float = 600) -> None:
+    def __init__(
+        self,
+        settings: LimitsSettings,
+        redis_url: str | None = None,
+        stream_ttl_s: float = 600,
+        scope: str = "requests",
+    ) -> None:
+        self.scope = scope  # what is counted, e.g. "requests" (chats) or "ratings": its own budget per key
         self.rpm = settings.requests_per_minute
         self.max_streams = settings.max_streams_per_key
         self.stream_ttl_s = stream_ttl_s  # a replica that dies holding a slot frees it after this long
@@ -81,7 +88,7 @@ class KeyLimits:
                 hits.popleft()
             if len(hits) >= self.rpm:
                 raise Overloaded(
-                    f"rate limit: {self.rpm} requests per minute for this key", retry_after=60 - (now - hits[0])
+                    f"rate limit: {self.rpm} {self.scope} per minute for this key", retry_after=60 - (now - hits[0])
                 )
         if self.max_streams and self._streams.get(who, 0) >= self.max_streams:
             raise Overloaded(f"this key already has {self.max_streams} answers streaming", retry_after=2)
@@ -105,11 +112,11 @@ class KeyLimits:
         now = time.time()
         if self.rpm:
             oldest = await self._take(
-                keys=[f"enclave:requests:{who}"], args=[now - 60, self.rpm, now, uuid.uuid4().hex, 61]
+                keys=[f"enclave:{self.scope}:{who}"], args=[now - 60, self.rpm, now, uuid.uuid4().hex, 61]
             )
             if float(oldest) >= 0:
                 raise Overloaded(
-                    f"rate limit: {self.rpm} requests per minute for this key",
+                    f"rate limit: {self.rpm} {self.scope} per minute for this key",
                     retry_after=max(0.0, 60 - (now - float(oldest))),
                 )
         if not self.max_streams:

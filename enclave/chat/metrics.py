@@ -33,3 +33,9 @@ class Metrics:
             registry=self.registry,
         )
         self.completion_tokens = Counter("enclave_completion_tokens", "Tokens generated", registry=self.registry)
+        self.feedback = Counter(
+            "enclave_feedback",
+            "Ratings of answers (each rating given, a changed one counted again); adapter and collection '' if none",
+            ["rating", "route", "collection", "adapter"],
+            registry=self.registry,
+        )

@@ -259,6 +259,7 @@ class ChatPipeline:
             status="incomplete",
             route=route.kind,
             adapter=route.adapter,
+            collection=signals.collection if route.kind == "rag" else None,
         )
         if org_unknown:  # never a made-up name, address or password: say so, and where one could look
             readable = sorted(c for c in (self.collections() if self.collections else set()) if principal.may_read(c))

@@ -1,4 +1,4 @@
-"""Conversations over HTTP: list, read, delete — each caller sees only their own."""
+"""Conversations over HTTP: list, read (answers with the caller's ratings), delete — each caller sees only their own."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ async def get_conversation(
 ) -> dict[str, Any]:
     conv = await _owned(request, conversation_id, who)
     conv.pop("principal", None)
+    # Each answer with the caller's own rating of it (or null), so a reloaded page shows it.
+    rated = await asyncio.to_thread(get_state(request).store.feedback_of_conversation, conversation_id, who.name)
+    for m in conv["messages"]:
+        if m["role"] == "assistant":
+            m["feedback"] = rated.get(m["id"])
     return conv
 
 

@@ -1,7 +1,12 @@
 """WebSocket chat at /v1/chat/ws: JSON frames in, one JSON frame per event out; the socket stays open.
 
 Client frames: {"type":"auth","api_key"} (first, when keys are configured), {"type":"chat",...},
-{"type":"cancel"}, {"type":"ping"}. Bad frames get an `error` event; the socket keeps working.
+{"type":"cancel"}, {"type":"ping"}, and {"type":"feedback","message_id","rating","reason"?,"correction"?}
+(allowed while an answer streams). Bad frames get an `error` event; the socket keeps working.
+
+A feedback frame is answered by {"type":"feedback","feedback":{...}} or by an `error` event that carries
+"frame":"feedback" and the message_id it was about: it is not the end of a streaming answer, and it never
+closes the socket (not even `overloaded`, a rating flood: the answer streaming on the socket goes on).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -16,10 +22,12 @@ from pydantic import ValidationError
 
 from enclave.api.errors import WS_CLOSE_CODES, ws_close_code, ws_event
 from enclave.api.routers.deps import event_json, require_ready
+from enclave.chat.feedback import FeedbackFrame
 from enclave.chat.schema import ChatRequest
-from enclave.core.errors import EnclaveError, Unauthorized, validation_message
+from enclave.core.errors import EnclaveError, Unauthorized, as_enclave_error, validation_message
 from enclave.core.protocols import Principal
 
+log = logging.getLogger("enclave")
 router = APIRouter()
 UNAUTHORIZED = WS_CLOSE_CODES["unauthorized"]
 
@@ -123,15 +131,20 @@ class Session:
             else:
                 await self.send(ws_event("invalid_request", "nothing to cancel"))
             return True
-        if kind != "chat":
+        if kind not in ("chat", "feedback"):
             await self.send(
-                ws_event("invalid_request", f"unknown frame type {kind!r}; expected chat, cancel, auth or ping")
+                ws_event(
+                    "invalid_request", f"unknown frame type {kind!r}; expected chat, feedback, cancel, auth or ping"
+                )
             )
             return True
         if self.principal is None:
             await self.send(ws_event("unauthorized", 'send {"type":"auth","api_key":...} first'))
             await self.ws.close(code=UNAUTHORIZED, reason="unauthorized")
             return False
+        if kind == "feedback":
+            await self.rate(frame)
+            return True
         if self.task is not None and not self.task.done():
             await self.send(ws_event("invalid_request", "an answer is still streaming; send cancel first"))
             return True
@@ -154,6 +167,29 @@ class Session:
         self.cancel = asyncio.Event()
         self.task = asyncio.create_task(self.answer(req, ticket))
         return True
+
+    async def rate(self, frame: dict[str, Any]) -> None:
+        """A feedback frame: the stored rating, or an error event marked as the feedback frame's."""
+        assert self.principal is not None
+        try:
+            body = FeedbackFrame.model_validate(frame)
+            fb = await self.state.feedback.rate(self.principal, body.message_id, body)
+        except ValidationError as exc:
+            await self.send(self.feedback_error("invalid_request", validation_message(exc.errors()), frame))
+        except Exception as exc:
+            if not isinstance(exc, EnclaveError):
+                log.exception("feedback failed")
+            err = as_enclave_error(exc)
+            await self.send(self.feedback_error(err.code, err.message, frame))
+        else:
+            await self.send({"type": "feedback", "feedback": fb})
+
+    @staticmethod
+    def feedback_error(code: str, message: str, frame: dict[str, Any]) -> dict[str, Any]:
+        event = ws_event(code, message) | {"frame": "feedback"}
+        if isinstance(frame.get("message_id"), str):
+            event["message_id"] = frame["message_id"][:100]
+        return event
 
     async def answer(self, req: ChatRequest, ticket: Any) -> None:
         assert self.principal is not None
