@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Server
@@ -566,5 +567,175 @@ def test_a_read_only_key_is_told_why_and_an_admin_key_uploads_a_dropped_folder(
         "upload/handbook/rooms/archive.md",
         "upload/lift.md",
     }
+    assert not errors, errors
+    page.close()
+
+
+# ---- Feedback: thumbs under each answer, a correction for a bad one, and the admin's review queue.
+CORRECTION = "Enclave listens on port 8000 unless it is started with another one."
+
+
+def pressed(answer: Any, kind: str) -> str | None:
+    return answer.locator(f".feedback .thumb-{kind}").get_attribute("aria-pressed")  # type: ignore[no-any-return]
+
+
+def feedback_of(server: Server, message_id: str, key: str | None = None) -> Any:
+    return server.get(f"/v1/messages/{message_id}/feedback", headers=_bearer(key) if key else {})
+
+
+def rate_down(answer: Any, reason: str, correction: str, shot: str = "") -> None:
+    """Thumbs down, a reason and a correction through the inline form, as a person would."""
+    answer.locator(".thumb-down").click()
+    form = answer.locator(".feedback-form")
+    form.wait_for(timeout=5_000)
+    assert answer.locator(".thumb-down").get_attribute("aria-expanded") == "true"
+    form.locator(f'input[value="{reason}"]').check()
+    form.locator("textarea").fill(correction)
+    if shot:
+        answer.page.screenshot(path=str(SHOTS / shot))
+    form.locator(".feedback-submit").click()
+    answer.locator(".feedback-note", has_text="Thanks — sent for review").wait_for(timeout=10_000)
+    assert form.is_hidden() and pressed(answer, "down") == "true"
+
+
+def tab_to(page: Any, selector: str, presses: int = 12) -> None:
+    """Presses Tab until the element matching selector has the focus (a keyboard user's path to it)."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement === document.querySelector(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_rate_answers_with_thumbs_a_correction_survives_a_reload_and_the_keyboard_reaches_them(
+    browser: Any, echo_server: Server
+) -> None:
+    page, errors = open_chat(browser, echo_server, 900)
+    dialogs: list[str] = []
+
+    def on_dialog(d: Any) -> None:
+        dialogs.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
+    first = ask(page, "Which port does Enclave listen on?")
+    first.locator(".feedback").wait_for(timeout=5_000)
+    assert pressed(first, "up") == "false" and pressed(first, "down") == "false"
+    rate_down(first, "wrong", CORRECTION, shot="enclave-feedback-form.png")
+    mid = first.get_attribute("data-message-id")
+    stored = feedback_of(echo_server, mid).json()
+    assert (stored["rating"], stored["reason"], stored["correction"]) == ("down", "wrong", CORRECTION), stored
+    assert stored["review"]["state"] == "pending"
+    page.screenshot(path=str(SHOTS / "enclave-feedback.png"))
+
+    # A reload: the conversation from the sidebar shows the rating as it was stored.
+    page.goto(echo_server.url + "/")
+    page.locator("#conversation-list .conversation .open", has_text="Which port").first.click()
+    first = page.locator(f'.message.assistant[data-message-id="{mid}"]')
+    first.locator(".feedback").wait_for(timeout=10_000)
+    assert pressed(first, "down") == "true" and pressed(first, "up") == "false"
+
+    # Thumbs up on another answer, then a second click takes it back.
+    second = ask(page, "And which host?")
+    sid = second.get_attribute("data-message-id")
+    second.locator(".thumb-up").click()
+    second.locator('.thumb-up[aria-pressed="true"]').wait_for(timeout=5_000)
+    assert feedback_of(echo_server, sid).json()["rating"] == "up"
+    second.locator(".thumb-up").click()
+    second.locator(".feedback-note", has_text="Rating removed").wait_for(timeout=5_000)
+    assert pressed(second, "up") == "false" and feedback_of(echo_server, sid).status_code == 404
+
+    # The keyboard: Tab from the answer's route badge to its thumb, Enter rates; Tab on, Enter opens the form
+    # with the focus on the first reason, Escape closes it and gives the focus back to the thumb.
+    thumb_up = f'.message.assistant[data-message-id="{sid}"] .thumb-up'
+    second.locator(".route-badge").focus()
+    tab_to(page, thumb_up)
+    page.keyboard.press("Enter")
+    second.locator('.thumb-up[aria-pressed="true"]').wait_for(timeout=5_000)
+    assert feedback_of(echo_server, sid).json()["rating"] == "up"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.value") == "wrong"  # the first reason, inside the open form
+    page.keyboard.press("Escape")
+    assert second.locator(".feedback-form").is_hidden()
+    assert page.evaluate("() => document.activeElement.classList.contains('thumb-down')")
+    assert pressed(second, "up") == "true"  # cancelling changed nothing
+
+    # An error is said under the answer, never in an alert: the conversation is deleted behind the page's back.
+    cid = page.evaluate("() => location.hash.slice(1)")
+    assert httpx.delete(f"{echo_server.url}/v1/conversations/{cid}", timeout=30).status_code == 204
+    first.locator(".thumb-up").click()
+    error = first.locator(".feedback-error")
+    error.wait_for(timeout=5_000)
+    assert "no longer stored" in error.inner_text() and pressed(first, "down") == "true"
+    assert not dialogs and not errors, (dialogs, errors)
+    page.close()
+
+
+def test_an_admin_accepts_a_correction_in_the_review_view_and_a_read_only_key_sees_no_review(
+    browser: Any, keyed_server: Server
+) -> None:
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.add_init_script(
+        f"localStorage.getItem('enclave.apiKey') || localStorage.setItem('enclave.apiKey', '{READER_KEY}')"
+    )
+    page.goto(keyed_server.url + "/")
+    page.wait_for_selector('#connection[data-state="open"]', timeout=15_000)
+    answer = ask(page, "Where does the archive room key hang?")
+    rate_down(answer, "incomplete", "In the blue box by the door.")
+    mid = answer.get_attribute("data-message-id")
+    fid = feedback_of(keyed_server, mid, READER_KEY).json()["id"]
+    cid = page.evaluate("() => location.hash.slice(1)")
+    turns = keyed_server.get(f"/v1/conversations/{cid}", headers=_bearer(READER_KEY)).json()["messages"]
+    stored_answer = next(m["content"] for m in turns if m["id"] == mid)
+    assert page.locator("#review-toggle").is_hidden()  # the reader's probe was refused: no Review for them
+
+    # The admin key: the Review button appears; the reader's correction waits there, newest first.
+    page.click("details.settings summary")
+    page.fill("#api-key", ADMIN_KEY)
+    page.locator("#api-key").dispatch_event("change")
+    page.locator("#review-toggle").wait_for(timeout=10_000)
+    page.click("#review-toggle")
+    assert page.locator("#messages").is_hidden()
+    item = page.locator(f'#review-list .review-item[data-id="{fid}"]')
+    item.wait_for(timeout=10_000)
+    assert page.locator("#review-list .review-item").first.get_attribute("data-id") == fid
+    assert item.get_attribute("data-state") == "pending"
+    assert "Where does the archive room key hang?" in item.locator(".review-question").inner_text()
+    assert stored_answer.strip() in item.locator(".review-was").inner_text()  # as it was, its [n] marks too
+    assert "In the blue box by the door." in item.locator(".review-correction").inner_text()
+    assert "Incomplete" in item.locator(".review-reason").inner_text()
+    assert item.locator(".review-rating.rating-down").count() == 1
+    assert item.locator(".review-chip").count() >= 1  # the route it took
+    assert item.locator(".review-who").inner_text() == "from reader"
+
+    item.locator(".review-note").fill("Matches notes.md")
+    item.locator(".review-accept").click()
+    page.wait_for_selector(f'#review-list .review-item[data-id="{fid}"][data-state="accepted"]', timeout=10_000)
+    assert "Accepted by ops" in item.locator(".review-done").inner_text()
+    assert "Matches notes.md" in item.inner_text()
+    page.screenshot(path=str(SHOTS / "enclave-review.png"))
+    listed = keyed_server.get("/v1/feedback?review_state=accepted", headers=_bearer(ADMIN_KEY)).json()["data"]
+    review = next(f["review"] for f in listed if f["id"] == fid)
+    assert (review["state"], review["by"], review["note"]) == ("accepted", "ops", "Matches notes.md"), review
+
+    # The filters: pending no longer holds it; accepted does; thumbs up never did.
+    page.reload()
+    page.click("#review-toggle")
+    page.wait_for_selector("#review-count:not(:empty)", timeout=10_000)
+    assert item.count() == 0
+    page.select_option("#review-state", "accepted")
+    item.wait_for(timeout=10_000)
+    page.select_option("#review-rating", "up")
+    page.wait_for_function(f"() => !document.querySelector('.review-item[data-id=\"{fid}\"]')", timeout=10_000)
+
+    # Back to the reader's key: the Review view and its button go.
+    page.click("details.settings summary")
+    page.fill("#api-key", READER_KEY)
+    page.locator("#api-key").dispatch_event("change")
+    page.locator("#review-toggle").wait_for(state="hidden", timeout=10_000)
+    assert page.locator("#review-view").is_hidden() and page.locator("#messages").is_visible()
     assert not errors, errors
     page.close()

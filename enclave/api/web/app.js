@@ -412,7 +412,7 @@
       const isNew = conversationId !== ev.conversation_id;
       conversationId = ev.conversation_id;
       if (isNew) history.replaceState(null, "", "#" + conversationId);
-      wrap.dataset.messageId = ev.message_id;
+      if (ev.message_id) announceAnswer(wrap, ev.message_id, null);
     } else {
       setStatus(wrap, ev.code === "moderation_blocked" ? "blocked" : "error", ev.message);
       if (ev.conversation_id) conversationId = ev.conversation_id;
@@ -420,6 +420,12 @@
     streaming = null;
     setBusy(false);
     loadConversations();
+  }
+
+  // A finished answer, live or from history: feedback.js puts its rating buttons under it.
+  function announceAnswer(wrap, messageId, feedback) {
+    wrap.dataset.messageId = messageId;
+    document.dispatchEvent(new CustomEvent("enclave:answer", { detail: { el: wrap, messageId, feedback } }));
   }
 
   function setBusy(busy) {
@@ -483,7 +489,10 @@
     els.messages.querySelectorAll(".message").forEach((m) => m.remove());
     els.title.textContent = conv.title;
     els.title.dataset.set = "1";
-    conv.messages.forEach((m) => addMessage(m.role, m.content, { ...m, reason: "" }));
+    conv.messages.forEach((m) => {
+      const wrap = addMessage(m.role, m.content, { ...m, reason: "" });
+      if (m.role === "assistant" && m.id) announceAnswer(wrap, m.id, m.feedback || null);
+    });
     if (!conv.messages.length) els.empty.hidden = false;
     loadConversations();
   }
