@@ -440,6 +440,7 @@ def _registered_domains(settings: Settings, exclude: set[str]) -> dict[str, Any]
 def _register_parts() -> None:
     """The commands of the knowledge base and of tuning, which live beside the parts they drive."""
     from enclave.cli.docs import formats_command, ingest_command, kb_app, sync_command
+    from enclave.cli.feedback import feedback_app
     from enclave.cli.tune import model_server_cmd, tune_app
 
     app.command("ingest")(ingest_command)
@@ -447,6 +448,7 @@ def _register_parts() -> None:
     app.command("formats")(formats_command)
     app.add_typer(kb_app, name="kb", help="List and delete knowledge-base documents.")
     app.add_typer(tune_app, name="tune", help="Datasets, LoRA training and evaluation.")
+    app.add_typer(feedback_app, name="feedback", help="Ratings of answers: list, export and review them.")
     app.command("model-server")(model_server_cmd)
 
 
