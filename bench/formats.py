@@ -182,8 +182,9 @@ def table_questions(pages: list[Path], per_table: int = 2) -> list[dict[str, Any
                         {
                             "id": f"{module}:{t}:{r[0]}:{j}",
                             "module": module,
-                            "question": f'In the {module} module\'s documentation, in the table under "{heading}", '
-                            f"what is the {header[j]} for {header[0]} `{r[0]}`?",
+                            # As a person asks: the module and the row, not where the table sits in the page.
+                            "question": f"In {module}, what is the {header[j]} of {header[0]} `{r[0]}`?",
+                            "table": heading,
                             "cell": cell,
                         }
                     )
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--scanned", type=int, default=25, help="Of those, pages also scanned (OCR is the slow part).")
     ap.add_argument("--tables", type=int, default=30, help="Table questions answered (0: none, no model loaded).")
     ap.add_argument("--tables-only", action="store_true", help="Only the table questions (formats kept from --out).")
-    ap.add_argument("--table-style", choices=("markdown", "records"), default="markdown", help="ingest.table_style")
+    ap.add_argument("--table-style", choices=("records", "markdown"), default="records", help="ingest.table_style")
     ap.add_argument("--data", type=Path, default=ROOT / ".cache" / "bench-formats")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)

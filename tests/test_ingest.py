@@ -364,3 +364,34 @@ def test_an_attachment_titled_by_its_name_is_titled_by_its_own_name() -> None:
     doc = load("upload/mail_1.eml#report-q3.md", b"Quarterly numbers are in.")
     assert doc.title == "report-q3"
     assert load("upload/mail.eml#notes.md", b"# C# style guide\n\nUse var.").title == "C# style guide"
+
+
+def _mail(subject: str, attachment: tuple[str, bytes] | None) -> bytes:
+    from email.message import EmailMessage
+
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "ops@example.org", "team@example.org", subject
+    m.set_content(f"{subject}: the notes are attached.")
+    if attachment:
+        m.add_attachment(attachment[1], maintype="text", subtype="markdown", filename=attachment[0])
+    return bytes(m)
+
+
+def test_a_mails_attachment_lives_and_goes_with_the_mail(kb: KnowledgeBase, tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    mail = folder / "standup.eml"
+    mail.write_bytes(_mail("Standup", ("notes.md", b"# Notes\n\nThe Velmora rollout moves to Thursday.")))
+    first = kb.ingest_paths([folder], "mails")
+    uris = {str(d["uri"]) for d in kb.list_documents("mails")}
+    assert uris == {str(mail.resolve()), f"{mail.resolve()}#notes.md"} and not first.removed, first
+    again = kb.ingest_paths([folder], "mails")  # the attachment is no file of the folder: it stays
+    assert not again.removed and {str(d["uri"]) for d in kb.list_documents("mails")} == uris, again
+    mail.write_bytes(_mail("Standup, revised", None))  # the new version has no attachment: it goes
+    revised = kb.ingest_paths([folder], "mails")
+    assert revised.removed == [f"{mail.resolve()}#notes.md"], revised
+    mail.write_bytes(_mail("Standup", ("notes.md", b"# Notes\n\nThe Velmora rollout moves to Friday.")))
+    kb.ingest_paths([folder], "mails")
+    mail.unlink()
+    gone = kb.ingest_paths([folder], "mails")
+    assert sorted(gone.removed) == sorted(uris) and kb.list_documents("mails") == [], gone

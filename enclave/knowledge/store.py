@@ -322,6 +322,7 @@ class KnowledgeBase:
         report.count(kind, files=1, read_s=time.perf_counter() - started)
         if doc.sections:
             self._write_document(uri, doc, content_hash, doc_id, collection, existing, versions, report, tell, parent)
+        self._drop_lost_attachments(collection, doc_id, {f"{uri}#{a.name}" for a in doc.attachments}, report)
         for a in doc.attachments:
             if depth >= self.limits.attachment_depth:
                 report.skipped.append(f"{uri}#{a.name}: attachment nested deeper than {self.limits.attachment_depth}")
@@ -330,6 +331,19 @@ class KnowledgeBase:
             else:
                 self.ingest_bytes(f"{uri}#{a.name}", a.data, collection, report, progress, doc_id, depth + 1)
         return report
+
+    def _drop_lost_attachments(self, collection: str, doc_id: str, kept: set[str], report: IngestReport) -> None:
+        """A new version of a mail no longer holding an attachment: that attachment's document goes."""
+        col = self._collection(collection)
+        children = {
+            str(m["uri"]): str(m["doc_id"])
+            for m in col.get(where={"parent": doc_id}, include=["metadatas"])["metadatas"] or []
+        }
+        for child_uri, child_id in children.items():
+            if child_uri not in kept:
+                with contextlib.suppress(NotFound):
+                    self.delete_document(collection, child_id)
+                report.removed.append(child_uri)
 
     def _write_document(
         self,
@@ -428,8 +442,10 @@ class KnowledgeBase:
             seen = {str(f) for f in files}
             for d in self.list_documents(collection):
                 uri = str(d["uri"])
-                if uri not in seen and any(uri.startswith(str(r) + "/") for r in roots):
-                    self.delete_document(collection, str(d["id"]))
+                # an attachment ("mail.eml#report.pdf") stays while its file does; it goes with it otherwise
+                if uri.split("#", 1)[0] not in seen and any(uri.startswith(str(r) + "/") for r in roots):
+                    with contextlib.suppress(NotFound):  # gone already, with the mail it was attached to
+                        self.delete_document(collection, str(d["id"]))
                     report.removed.append(uri)
         return report
 

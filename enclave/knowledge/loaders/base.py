@@ -56,7 +56,7 @@ class ReadLimits:
     max_ratio: int = 200  # unpacked / packed size of a zip container: beyond it, a zip bomb
     max_rows: int = 1_000_000  # spreadsheet rows read per file; beyond it the file is refused
     section_chars: int = 800  # a table is cut into pieces of about this size, each under its header row
-    table_style: str = "markdown"  # "markdown" tables, or "records": "Header: cell; Header: cell" per row
+    table_style: str = "records"  # "records": "Header: cell; Header: cell" per row, or "markdown" tables
     ocr: bool = True  # read pages without a text layer, and images, with Tesseract
     ocr_languages: str = "eng"  # Tesseract's -l: "eng+deu"
     ocr_dpi: int = 200
