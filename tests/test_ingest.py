@@ -14,7 +14,8 @@ from websockets.sync.client import connect
 from enclave.core.errors import Forbidden, InvalidRequest, NotFound
 from enclave.core.protocols import Principal
 from enclave.core.settings import Settings
-from enclave.knowledge.loaders import LoadError, load
+from enclave.knowledge.loaders import LoadError, ReadLimits, load
+from enclave.knowledge.loaders.base import rows_to_sections
 from enclave.knowledge.samples import ensure_samples
 from enclave.knowledge.store import KnowledgeBase
 from tests.conftest import Server
@@ -114,6 +115,53 @@ def test_html_is_read_as_a_browser_reads_it() -> None:
     ]
     with pytest.raises(LoadError, match="no text found"):
         load("empty.html", b"  \n")
+
+
+def test_rows_to_sections_writes_records_or_markdown_in_pieces_that_stand_alone() -> None:
+    header = ["Type code", "C  Type", ""]  # a blank name is numbered; a row may be wider than the header
+    rows = [["'b'", "signed char", "1"], ["'B'", "", "1"], ["'u'", "wchar_t\nwide"], ["'q'", "a | b", "8", "C99"]]
+    (records,) = rows_to_sections(rows, header, "array", ReadLimits(), page=7)  # records, the default
+    assert (records.heading, records.page) == ("array", 7)
+    assert records.text.split("\n") == [
+        "Columns: Type code | C Type | column 3 | column 4",
+        "",
+        "Type code: 'b'; C Type: signed char; column 3: 1",
+        "Type code: 'B'; column 3: 1",  # an empty cell is left out
+        "Type code: 'u'; C Type: wchar_t wide",  # a line break in a cell is a space
+        "Type code: 'q'; C Type: a | b; column 3: 8; column 4: C99",
+    ]
+    (markdown,) = rows_to_sections(rows, header, "array", ReadLimits(table_style="markdown"))
+    assert markdown.page is None
+    assert markdown.text.split("\n") == [
+        "| Type code | C Type |  |  |",
+        "|---|---|---|---|",
+        "| 'b' | signed char | 1 |  |",
+        "| 'B' |  | 1 |  |",
+        "| 'u' | wchar_t wide |  |  |",
+        "| 'q' | a \\| b | 8 | C99 |",
+    ]
+    assert rows_to_sections([], [], "empty", ReadLimits()) == []
+
+
+@pytest.mark.parametrize("style", ["records", "markdown"])
+def test_rows_to_sections_pieces_keep_within_section_chars_unless_one_row_is_longer(style: str) -> None:
+    rows = [[f"key {i}", "" if i % 5 == 0 else f"value {i}", "x" * 300 if i == 20 else ""] for i in range(40)]
+    rows[30] = ["", "", ""]  # a row of empty cells is still a line: sheets.py counts a piece's rows by its lines
+    pieces = rows_to_sections(rows, ["Key", "Value", "Note"], "t", ReadLimits(section_chars=200, table_style=style))
+    assert len(pieces) > 5
+    for p in pieces:
+        assert len(p.text) <= 200 or p.text.count("\n") == 2  # over the size only as a single row
+    top = pieces[0].text.split("\n")[:2]
+    assert all(p.text.split("\n")[:2] == top for p in pieces)  # every piece under the columns' two lines
+    assert [line for p in pieces for line in p.text.split("\n")[2:]] == [
+        line
+        for p in rows_to_sections(
+            rows, ["Key", "Value", "Note"], "t", ReadLimits(section_chars=10**6, table_style=style)
+        )
+        for line in p.text.split("\n")[2:]
+    ]  # every row once and in order, however the table is cut
+    assert sum(p.text.count("\n") - 1 for p in pieces) == 40
+    assert [len(p.text) > 200 for p in pieces].count(True) == 1  # the 300-character row, alone
 
 
 def test_loaders_keep_structure(corpus: Path) -> None:

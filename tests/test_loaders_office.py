@@ -19,6 +19,7 @@ from enclave.knowledge.loaders.odf import read_odp, read_odt
 from enclave.knowledge.loaders.ooxml import read_docx, read_pptx
 
 CTX = ReadContext()
+MARKDOWN = ReadContext(ReadLimits(table_style="markdown"))  # the tests that check a Markdown table exactly
 OLE_HEADER = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504
 
 
@@ -55,7 +56,7 @@ def make_docx(rows: int = 2, core_title: str = "") -> bytes:
 
 
 def test_docx_headings_tables_and_order() -> None:
-    doc = read_docx("report.docx", make_docx(), CTX)
+    doc = read_docx("report.docx", make_docx(), MARKDOWN)
     assert doc.title == "Quarterly Report" and doc.kind == "docx"
     assert headings(doc) == ["Quarterly Report", "Staff", "Staff", "Staff", "Staff › Budget", "Hiring"]
     texts = [s.text for s in doc.sections]
@@ -71,11 +72,23 @@ def test_docx_headings_tables_and_order() -> None:
     assert read_docx("report.docx", make_docx(core_title="Q3 in Numbers"), CTX).title == "Q3 in Numbers"
 
 
-def test_docx_table_cell_chunked_under_its_header_row() -> None:
-    doc = read_docx("staff.docx", make_docx(rows=60), CTX)
+def test_docx_table_cell_chunked_with_its_row_and_column_names() -> None:
+    doc = read_docx("staff.docx", make_docx(rows=60), CTX)  # records, the default
+    chunks = chunk_document(doc, chunk_size=800, chunk_overlap=100)
+    with_rows = [(text, meta) for text, meta in chunks if "Name: Person " in text]
+    assert len(with_rows) > 2  # a long table is cut into several pieces
+    for text, meta in with_rows:  # each chunk is its section's heading, then the columns, then whole rows
+        assert text.startswith("Staff\nColumns: Name | Role | Office\n\nName: Person ") and meta["section"] == "Staff"
+    ((text, _),) = [(t, m) for t, m in with_rows if "Name: Person 42;" in t]
+    assert "Name: Person 42; Role: Role 42; Office: Office 42" in text.splitlines()
+    assert sum(t.count("Name: Person ") for t, _ in with_rows) == 60  # every row once
+
+
+def test_docx_table_in_markdown_is_chunked_under_its_header_row() -> None:
+    doc = read_docx("staff.docx", make_docx(rows=60), MARKDOWN)
     chunks = chunk_document(doc, chunk_size=800, chunk_overlap=100)
     with_rows = [(text, meta) for text, meta in chunks if "| Person " in text]
-    assert len(with_rows) > 2  # a long table is cut into several pieces
+    assert len(with_rows) > 2
     for text, meta in with_rows:
         assert "| Name | Role | Office |" in text and meta["section"] == "Staff"
     ((text, _),) = [(t, m) for t, m in with_rows if "| Person 42 |" in t]
@@ -94,11 +107,14 @@ def test_docx_merged_cells_once_and_columns_aligned() -> None:
     t.cell(0, 2).merge(t.cell(2, 2))  # down three rows
     buf = io.BytesIO()
     d.save(buf)
-    (section,) = read_docx("merged.docx", buf.getvalue(), CTX).sections
+    (section,) = read_docx("merged.docx", buf.getvalue(), MARKDOWN).sections
     lines = section.text.splitlines()
     assert lines[0].startswith("| A | B | C")
     assert lines[2] == "| wide |  |  |" and lines[3] == "| y | tall |  |"
     assert section.text.count("wide") == 1
+    (records,) = read_docx("merged.docx", buf.getvalue(), CTX).sections
+    assert records.text.startswith("Columns: A | B | C")
+    assert records.text.split("\n")[1:] == ["", "A: wide", "A: y; B: tall"]  # empty cells left out
 
 
 def test_docx_tracked_changes_read_as_accepted() -> None:
@@ -146,7 +162,7 @@ def make_pptx(extra_slides: int = 0) -> bytes:
 
 def test_pptx_slides_titles_reading_order_tables_and_notes() -> None:
     stages: list[str] = []
-    doc = read_pptx("deck.pptx", make_pptx(), ReadContext(progress=stages.append))
+    doc = read_pptx("deck.pptx", make_pptx(), ReadContext(MARKDOWN.limits, stages.append))
     assert doc.title == "Roadmap" and doc.kind == "pptx"
     assert [(s.heading, s.page) for s in doc.sections] == [
         ("Slide 1: Roadmap", 1),
@@ -159,6 +175,11 @@ def test_pptx_slides_titles_reading_order_tables_and_notes() -> None:
     assert "| Metric | Value |\n|---|---|\n| Uptime | 99.9% |" in two
     assert three == "Closing 0"  # a slide with only its title still says something
     assert stages == ["slide 1/3", "slide 2/3", "slide 3/3"]
+    records = read_pptx("deck.pptx", make_pptx(), CTX)  # the default
+    chunks = chunk_document(records, chunk_size=800, chunk_overlap=100)
+    ((chunk, meta),) = [(t, m) for t, m in chunks if "99.9%" in t]
+    assert meta == {"section": "Slide 2", "page": 2}
+    assert chunk.endswith("\n\nColumns: Metric | Value\n\nMetric: Uptime; Value: 99.9%")
 
 
 def test_pptx_over_the_slide_limit() -> None:
@@ -216,7 +237,7 @@ def make_odt() -> bytes:
 
 
 def test_odt_headings_lists_tables() -> None:
-    doc = read_odt("handbook.odt", make_odt(), CTX)
+    doc = read_odt("handbook.odt", make_odt(), MARKDOWN)
     assert doc.title == "Handbook" and doc.kind == "odt"
     assert headings(doc) == ["Chapter One", "Chapter One › Details", "Chapter One › Details", "Appendix"]
     assert doc.sections[0].text == "Opening words."
@@ -224,6 +245,11 @@ def test_odt_headings_lists_tables() -> None:
     assert doc.sections[2].text == "| Product | Price |\n|---|---|\n| Tea | 3 EUR |\n| Merged |  |"
     assert doc.sections[3].text.startswith("spaced ") and doc.sections[3].text.endswith(" out")
     assert len(doc.sections[3].text) < 100
+    records = read_odt("handbook.odt", make_odt(), CTX)  # the default
+    assert records.sections[2].text == "Columns: Product | Price\n\nProduct: Tea; Price: 3 EUR\nProduct: Merged"
+    chunks = chunk_document(records, chunk_size=800, chunk_overlap=100)
+    ((chunk, meta),) = [(t, m) for t, m in chunks if "3 EUR" in t]
+    assert meta["section"] == "Chapter One › Details" and "Product: Tea; Price: 3 EUR" in chunk.splitlines()
 
 
 def test_odt_with_indented_xml() -> None:
@@ -492,14 +518,19 @@ def test_libreoffice_files_of_a_web_page(tmp_path: Path) -> None:
         "<h2>Checks</h2><table><tr><th>Probe</th><th>Expect</th></tr><tr><td>/healthz</td><td>200</td></tr></table>"
         "</body></html>"
     )
-    table = "| Probe | Expect |\n|---|---|\n| /healthz | 200 |"
+    tables = [
+        (MARKDOWN, "| Probe | Expect |\n|---|---|\n| /healthz | 200 |"),
+        (CTX, "Columns: Probe | Expect\n\nProbe: /healthz; Expect: 200"),
+    ]
     for suffix, target in [("docx", "docx:MS Word 2007 XML"), ("odt", "odt:writer8")]:
-        doc = load(f"page.{suffix}", soffice_convert(tmp_path, page, target))
-        assert doc.title == "Runbook"
-        assert [(s.heading, s.text) for s in doc.sections] == [
-            ("Restarting", "Drain the node first."),
-            ("Restarting › Checks", table),
-        ]
+        data = soffice_convert(tmp_path, page, target)
+        for ctx, table in tables:
+            doc = load(f"page.{suffix}", data, ctx)
+            assert doc.title == "Runbook"
+            assert [(s.heading, s.text) for s in doc.sections] == [
+                ("Restarting", "Drain the node first."),
+                ("Restarting › Checks", table),
+            ]
     legacy = soffice_convert(tmp_path, page, "doc:MS Word 97")
     with pytest.raises(LoadError, match=r"page\.docx: an older binary Office file \(\.doc\), not DOCX"):
         load("page.docx", legacy)

@@ -1,4 +1,4 @@
-"""PDF tables as Markdown, scanned PDFs and images through Tesseract, and the clear errors around them: real files."""
+"""PDF tables (records, or Markdown), scanned PDFs and images through Tesseract, the errors around them: real files."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def words(text: str) -> str:
 
 
 def test_a_ruled_table_becomes_a_markdown_table_and_the_text_around_it_stays_text() -> None:
-    doc = load("results.pdf", table_pdf(), ctx())
+    doc = load("results.pdf", table_pdf(), ctx(table_style="markdown"))
     texts = [s.text for s in doc.sections]
     table = next(t for t in texts if t.startswith("| Region | Revenue | Owner |"))
     assert table.splitlines()[1] == "|---|---|---|"
@@ -125,10 +125,23 @@ def test_a_ruled_table_becomes_a_markdown_table_and_the_text_around_it_stays_tex
     assert all(s.page == 1 for s in doc.sections)
     chunk = next(text for text, _ in chunk_document(doc, 800, 0) if "Alice" in text)
     assert chunk.index("| Region | Revenue | Owner |") < chunk.index("| North | 1200 | Alice |")
+    records = load("results.pdf", table_pdf(), ctx())  # the default
+    assert "Columns: Region | Revenue | Owner\n\nRegion: North; Revenue: 1200; Owner: Alice" in records.text
 
 
-def test_every_chunk_of_a_long_table_starts_under_its_header_on_the_next_page_too() -> None:
-    doc = load("long.pdf", table_pdf(rows=60), ctx())  # the header is not repeated on page 2
+def test_every_chunk_of_a_long_table_starts_with_its_columns_on_the_next_page_too() -> None:
+    doc = load("long.pdf", table_pdf(rows=60), ctx())  # records, the default; the header is not repeated on page 2
+    pieces = [(text, meta["page"]) for text, meta in chunk_document(doc, 800, 0) if "Region: Zone " in text]
+    chunks = [text for text, _ in pieces]
+    assert {page for _, page in pieces} == {1, 2} and len(chunks) >= 3
+    assert all(text.startswith("Columns: Region | Revenue | Owner\n\nRegion: ") for text in chunks)
+    assert sum(text.count("Region: Zone ") for text in chunks) == 58
+    (chunk,) = [text for text in chunks if "Zone 42;" in text]
+    assert "Region: Zone 42; Revenue: 142; Owner: Person 42" in chunk.splitlines()
+
+
+def test_a_long_markdown_table_is_chunked_under_its_header_on_the_next_page_too() -> None:
+    doc = load("long.pdf", table_pdf(rows=60), ctx(table_style="markdown"))
     pieces = [(text, meta["page"]) for text, meta in chunk_document(doc, 800, 0) if "| Zone " in text]
     chunks = [text for text, _ in pieces]
     assert {page for _, page in pieces} == {1, 2} and len(chunks) >= 3

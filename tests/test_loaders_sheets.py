@@ -23,11 +23,18 @@ from enclave.knowledge.chunking import chunk_document
 from enclave.knowledge.loaders import LoadError, ReadContext, ReadLimits, load
 from enclave.knowledge.loaders.sheets import cell_text
 
+MARKDOWN = ReadLimits(table_style="markdown")  # the tests that check a Markdown table exactly
+
 Q3 = """| Item | Amount | Ordered | Total |
 |---|---|---|---|
 | Paper | 3 | 2024-07-01 |  |
 | Ink | 2.5 | 2024-07-01 13:45 |  |
 | Toner | 0.3 |  |  |"""
+Q3_RECORDS = """Columns: Item | Amount | Ordered | Total
+
+Item: Paper; Amount: 3; Ordered: 2024-07-01
+Item: Ink; Amount: 2.5; Ordered: 2024-07-01 13:45
+Item: Toner; Amount: 0.3"""
 
 
 def budget_xlsx() -> bytes:
@@ -52,13 +59,18 @@ def budget_xlsx() -> bytes:
 
 def test_xlsx_sheets_are_tables_under_their_headers_with_readable_values() -> None:
     stages: list[str] = []
-    doc = load("Budget.xlsx", budget_xlsx(), ReadContext(progress=stages.append))
+    doc = load("Budget.xlsx", budget_xlsx(), ReadContext(MARKDOWN, stages.append))
     assert (doc.title, doc.kind) == ("Budget", "xlsx")
     assert [(s.heading, s.text) for s in doc.sections] == [
         ("Q3", Q3),
         ("Notes", "| Remark |\n|---|\n| Toner \\| ink are ordered together |"),
     ]
     assert stages == ["sheet Q3 (1/2)", "sheet Notes (2/2)"]
+    records = load("Budget.xlsx", budget_xlsx())  # the default: empty cells left out
+    assert [(s.heading, s.text) for s in records.sections] == [
+        ("Q3", Q3_RECORDS),
+        ("Notes", "Columns: Remark\n\nRemark: Toner | ink are ordered together"),
+    ]
 
 
 def test_cell_values_read_as_a_person_reads_them() -> None:
@@ -75,7 +87,7 @@ def test_cell_values_read_as_a_person_reads_them() -> None:
     assert cell_text(dt.date(2024, 7, 1)) == "2024-07-01"
 
 
-def test_a_cell_lands_in_one_chunk_with_its_header_and_sheet() -> None:
+def test_a_cell_lands_in_one_chunk_on_its_row_with_its_column_and_sheet() -> None:
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.title = "Inventory"
@@ -84,15 +96,38 @@ def test_a_cell_lands_in_one_chunk_with_its_header_and_sheet() -> None:
         ws.append([f"P-{i:05d}", f"widget model {i}", f"bin {i % 40}"])
     buf = io.BytesIO()
     wb.save(buf)
-    doc = load("Stock.xlsx", buf.getvalue(), ReadContext(ReadLimits(section_chars=800)))
+    doc = load("Stock.xlsx", buf.getvalue(), ReadContext(ReadLimits(section_chars=800)))  # records, the default
     assert len(doc.sections) > 20 and all(len(s.text) <= 800 for s in doc.sections)
     chunks = chunk_document(doc, chunk_size=800, chunk_overlap=100)
-    hits = [(text, meta) for text, meta in chunks if "| P-00377 | widget model 377 | bin 17 |" in text]
+    assert len(chunks) == len(doc.sections)  # a piece is a chunk: none is cut again
+    assert all(text.startswith("Inventory\nColumns: Part number | Description | Bin\n\n") for text, _ in chunks)
+    hits = [(text, meta) for text, meta in chunks if "P-00377" in text]
     assert len(hits) == 1
     text, meta = hits[0]
-    assert "| Part number | Description | Bin |" in text and meta["section"] == "Inventory"
-    body = "\n".join(s.text.split("\n", 2)[2] for s in doc.sections)  # every row once, in order, across batches
-    assert body.splitlines() == [f"| P-{i:05d} | widget model {i} | bin {i % 40} |" for i in range(500)]
+    assert "Part number: P-00377; Description: widget model 377; Bin: bin 17" in text.splitlines()
+    assert meta["section"] == "Inventory"
+    body = "\n".join(s.text.split("\n", 2)[2] for s in doc.sections)  # every row once, in order
+    assert body.splitlines() == [
+        f"Part number: P-{i:05d}; Description: widget model {i}; Bin: bin {i % 40}" for i in range(500)
+    ]
+
+
+def test_records_cut_across_batches_keep_every_row_once_in_order() -> None:
+    """More rows than one batch of sheets._BATCH: a piece cut short by a batch's end goes round again, which
+    counts on a piece being two preface lines and one line per row, so a cell's line breaks must not survive."""
+    lines = ["Key,Note,"]  # an unnamed column
+    want = []
+    for i in range(4500):
+        note = f'"line one\nline two {i}"' if i % 7 == 0 else f"note {i}"
+        lines.append(f"K{i},{note},{'x' if i % 3 == 0 else ''}")
+        shown = "line one line two" if i % 7 == 0 else "note"
+        want.append(f"Key: K{i}; Note: {shown} {i}" + ("; column 3: x" if i % 3 == 0 else ""))
+        if i % 500 == 0:
+            lines.append(",,")  # an empty row: not a row at all
+    doc = load("notes.csv", "\n".join(lines).encode())
+    assert len(doc.sections) > 100 and all(len(s.text) <= 800 for s in doc.sections)
+    assert all(s.text.startswith("Columns: Key | Note | column 3\n\nKey: K") for s in doc.sections)
+    assert [line for s in doc.sections for line in s.text.split("\n")[2:]] == want
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +201,8 @@ def test_xls_made_by_libreoffice_reads_like_its_xlsx(tmp_path: Path) -> None:
         timeout=120,
     )
     stages: list[str] = []
-    doc = load("Budget.xls", (tmp_path / "Budget.xls").read_bytes(), ReadContext(progress=stages.append))
+    xls = (tmp_path / "Budget.xls").read_bytes()
+    doc = load("Budget.xls", xls, ReadContext(MARKDOWN, stages.append))
     assert (doc.title, doc.kind) == ("Budget", "xls")
     assert [s.heading for s in doc.sections] == ["Q3", "Notes"]
     q3 = doc.sections[0].text.splitlines()
@@ -178,10 +214,16 @@ def test_xls_made_by_libreoffice_reads_like_its_xlsx(tmp_path: Path) -> None:
     ]
     assert doc.sections[1].text.endswith("| Toner \\| ink are ordered together |")
     assert stages == ["sheet Q3 (1/2)", "sheet Notes (2/2)"]
+    records = load("Budget.xls", xls).sections[0].text.splitlines()  # the default
+    assert records[2:] == [
+        "Item: Paper; Amount: 3; Ordered: 2024-07-01; Total: 6",
+        "Item: Ink; Amount: 2.5; Ordered: 2024-07-01 13:45; Total: 5",
+        "Item: Toner; Amount: 0.3; Total: 0.6",
+    ]
     with pytest.raises(LoadError, match=r"x\.xls: not a readable XLS workbook"):
         load("x.xls", b"not a workbook at all" * 30)
     renamed = load("Budget.xls", budget_xlsx())  # an .xlsx named .xls is read as what it is
-    assert renamed.sections[0].text == Q3
+    assert renamed.sections[0].text == Q3_RECORDS
 
 
 def ods_cell(text: str = "", **attrs: object) -> TableCell:
@@ -255,7 +297,7 @@ def budget_ods() -> bytes:
 def test_ods_sheets_with_huge_repeats_read_quickly_and_exactly() -> None:
     stages: list[str] = []
     start = time.perf_counter()
-    doc = load("Budget.ods", budget_ods(), ReadContext(progress=stages.append))
+    doc = load("Budget.ods", budget_ods(), ReadContext(MARKDOWN, stages.append))
     assert time.perf_counter() - start < 2  # 0.03 s: repeated empties are never made
     assert (doc.title, doc.kind) == ("Budget", "ods")
     assert [(s.heading, s.text) for s in doc.sections] == [
@@ -267,6 +309,11 @@ def test_ods_sheets_with_huge_repeats_read_quickly_and_exactly() -> None:
         ("Notes", "| Remark |\n|---|\n| see Q3 |"),
     ]
     assert stages == ["sheet Q3 (1/2)", "sheet Notes (2/2)"]
+    records = load("Budget.ods", budget_ods())  # the default
+    assert records.sections[0].text == (
+        "Columns: Item | Amount | Ordered\n\nItem: Blue pen; Amount: 2.5; Ordered: 2024-07-01\n"
+        "Item: Ink; Amount: 25%; Ordered: TRUE\nItem: Ink; Amount: 25%; Ordered: TRUE\nAmount: 0.3; Ordered: 13:45"
+    )
 
 
 def test_ods_repeats_that_hold_values_are_capped() -> None:
@@ -278,7 +325,7 @@ def test_ods_repeats_that_hold_values_are_capped() -> None:
     buf = io.BytesIO()
     doc.write(buf)
     start = time.perf_counter()
-    sections = load("wide.ods", buf.getvalue()).sections  # a row this long is a section of its own
+    sections = load("wide.ods", buf.getvalue(), ReadContext(MARKDOWN)).sections  # a row this long: a section alone
     assert [s.text.splitlines()[2:] for s in sections] == [["| y |" + "  |" * 16_383]] * 3
     assert sections[0].text.splitlines()[0].count("| x ") == 16_384  # the widest sheet an application makes
     table.addElement(TableRow(numberrowsrepeated=10**9, stylename="filled"))  # a billion rows: refused at once
@@ -304,15 +351,19 @@ def test_broken_ods_files_are_named_with_the_reason() -> None:
 
 def test_csv_with_bom_and_semicolons_and_tsv_and_latin1() -> None:
     data = codecs.BOM_UTF8 + 'Name;City;Note\r\nZoë;Zürich;\r\n;;\r\nÅsa;Oslo;"two\nlines; quoted"\r\n'.encode()
-    doc = load("people.csv", data)
+    doc = load("people.csv", data, ReadContext(MARKDOWN))
     assert (doc.title, doc.kind) == ("people", "csv")
     assert [(s.heading, s.text) for s in doc.sections] == [
         ("people", "| Name | City | Note |\n|---|---|---|\n| Zoë | Zürich |  |\n| Åsa | Oslo | two lines; quoted |")
     ]
-    tsv = load("people.tsv", "Name\tCity\nZoë, Jr.\tZürich\n".encode("latin-1"))
+    records = load("people.csv", data)  # the default: a cell's line break is a space, empty cells left out
+    assert records.sections[0].text == (
+        "Columns: Name | City | Note\n\nName: Zoë; City: Zürich\nName: Åsa; City: Oslo; Note: two lines; quoted"
+    )
+    tsv = load("people.tsv", "Name\tCity\nZoë, Jr.\tZürich\n".encode("latin-1"), ReadContext(MARKDOWN))
     assert tsv.sections[0].text == "| Name | City |\n|---|---|\n| Zoë, Jr. | Zürich |"
     utf16 = load("export.csv", "Name\tCity\r\nZoë\tZürich\r\n".encode("utf-16"))
-    assert utf16.sections[0].text.endswith("| Zoë | Zürich |")
+    assert utf16.sections[0].text.endswith("\nName: Zoë; City: Zürich")
 
 
 def test_csv_rows_over_the_limit_and_binary_data_are_refused() -> None:
