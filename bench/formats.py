@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tables", type=int, default=30, help="Table questions answered (0: none, no model loaded).")
     ap.add_argument("--tables-only", action="store_true", help="Only the table questions (formats kept from --out).")
     ap.add_argument("--table-style", choices=("records", "markdown"), default="records", help="ingest.table_style")
+    ap.add_argument("--table-formats", default="html,docx,xlsx", help="Which copies the table questions are asked of.")
     ap.add_argument("--data", type=Path, default=ROOT / ".cache" / "bench-formats")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
@@ -398,7 +399,9 @@ def answer_tables(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         await runner.start()
         out: dict[str, Any] = {}
-        for fmt, folder, suffix in (("html", src, "html"), ("docx", docx, "docx"), ("xlsx", xlsx, "xlsx")):
+        copies = {"html": (src, "html"), "docx": (docx, "docx"), "xlsx": (xlsx, "xlsx")}
+        for fmt in args.table_formats.split(","):
+            folder, suffix = copies[fmt]
             collection = f"t-{fmt}"
             for m in modules:
                 runner.kb.ingest_bytes(

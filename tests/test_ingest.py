@@ -443,3 +443,16 @@ def test_a_mails_attachment_lives_and_goes_with_the_mail(kb: KnowledgeBase, tmp_
     mail.unlink()
     gone = kb.ingest_paths([folder], "mails")
     assert sorted(gone.removed) == sorted(uris) and kb.list_documents("mails") == [], gone
+
+
+def test_an_html_table_is_written_as_a_table_under_its_heading() -> None:
+    page = """<html><head><title>Rooms</title></head><body><main><h2>Meeting rooms</h2><p>Book ahead.</p>
+    <table><thead><tr><th>Room</th><th>Floor</th><th>Seats</th></tr></thead>
+    <tbody><tr><td>Aster</td><td>2</td><td>8</td></tr><tr><td><p>Birch</p></td><td>3</td><td>12</td></tr></tbody>
+    </table><p>Ask facilities for more.</p><table><tr><td>layout only</td></tr></table></main></body></html>"""
+    doc = load("rooms.html", page.encode())
+    texts = [s.text for s in doc.sections]
+    assert texts[0] == "Book ahead."
+    assert texts[1] == "Columns: Room | Floor | Seats\n\nRoom: Aster; Floor: 2; Seats: 8\nRoom: Birch; Floor: 3; Seats: 12"
+    assert texts[2:] == ["Ask facilities for more.", "layout only"]  # a one-cell layout table is its text
+    assert {s.heading for s in doc.sections} == {"Meeting rooms"}

@@ -30,7 +30,7 @@ def read_epub(name: str, data: bytes, ctx: ReadContext) -> Document:
         sections: list[Section] = []
         for i, path in enumerate(items, start=1):
             ctx.progress(f"chapter {i}/{len(items)}")
-            chapter = html_document(path, decode(f"{name}: {path}", member_of(name, zf, path, ctx.limits)))
+            chapter = html_document(path, decode(f"{name}: {path}", member_of(name, zf, path, ctx.limits)), ctx.limits)
             sections += [Section(s.text, s.heading or chapter.title, s.page) for s in chapter.sections]
     title_el = opf.find(f"{_OPF}metadata//{_DC}title")
     title = " ".join((title_el.text or "").split()) if title_el is not None else ""

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, Section
+from enclave.knowledge.loaders.base import Document, LoadError, ReadContext, ReadLimits, Section, rows_to_sections
 
 
 def read_text(name: str, data: bytes, ctx: ReadContext) -> Document:
@@ -19,7 +19,7 @@ def read_markdown(name: str, data: bytes, ctx: ReadContext) -> Document:
 
 
 def read_html(name: str, data: bytes, ctx: ReadContext) -> Document:
-    return html_document(name, decode(name, data))
+    return html_document(name, decode(name, data), ctx.limits)
 
 
 def decode(name: str, data: bytes) -> str:
@@ -68,7 +68,7 @@ _DROP_XPATH = '//*[@role="navigation"]' + "".join(
     f' | //*[contains(concat(" ", normalize-space(@class), " "), " {c} ")]'
     for c in ("sphinxsidebar", "related", "footer")
 )
-_BLOCKS = ("h1", "h2", "h3", "h4", "p", "li", "pre", "dt", "dd", "td", "blockquote")
+_BLOCKS = ("h1", "h2", "h3", "h4", "p", "li", "pre", "dt", "dd", "table", "blockquote")
 _CONTAINERS = {"li", "dd", "td", "blockquote"}
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
@@ -78,9 +78,10 @@ def _text_of(el: Any) -> str:
     return " ".join(piece for piece in (t.strip() for t in el.itertext()) if piece)
 
 
-def html_document(name: str, text: str) -> Document:
+def html_document(name: str, text: str, limits: ReadLimits | None = None) -> Document:
     """libxml2's HTML parser (lxml) builds the tree in C: a tenth of the time BeautifulSoup's pure-Python tree
-    builder took on the Python library reference, where parsing was a sixth of all ingestion time."""
+    builder took on the Python library reference, where parsing was a sixth of all ingestion time. A table is
+    written as a table (base.rows_to_sections), in pieces of its own, not as one line per cell."""
     import lxml.html
 
     text = _XML_DECLARATION.sub("", text, count=1)  # lxml refuses a str that declares its own encoding
@@ -102,8 +103,17 @@ def html_document(name: str, text: str) -> Document:
     sections: list[Section] = []
     heading, buf = "", list[str]()
     for el in root.iterdescendants(*_BLOCKS):
+        if any(a.tag == "table" for a in el.iterancestors()):
+            continue  # its table carries it
         if el.tag in ("p", "pre") and any(a.tag in _CONTAINERS for a in el.iterancestors()):
             continue  # its parent item already carries this text
+        if el.tag == "table":
+            pieces = _table(el, heading, limits or ReadLimits())
+            if pieces and buf:
+                sections.append(Section("\n".join(buf), heading))
+                buf = []
+            sections += pieces
+            continue
         txt = _text_of(el).replace("¶", "").strip()
         if not txt:
             continue
@@ -117,3 +127,18 @@ def html_document(name: str, text: str) -> Document:
     if buf:
         sections.append(Section("\n".join(buf), heading))
     return Document(title or Path(name).stem, "html", sections)
+
+
+def _table(el: Any, heading: str, limits: ReadLimits) -> list[Section]:
+    """A table of at least two rows and two columns, its first row the header; a layout table (one row or one
+    column) is its cells' text."""
+    rows = [
+        [_text_of(c).replace("¶", "").strip() for c in tr if c.tag in ("th", "td")]
+        for tr in el.iter("tr")
+        if next(tr.iterancestors("table"), None) is el  # not a nested table's rows
+    ]
+    rows = [r for r in rows if any(r)]
+    if len(rows) < 2 or max(len(r) for r in rows) < 2:
+        lines = [" ".join(c for c in r if c) for r in rows]
+        return [Section("\n".join(lines), heading)] if lines else []
+    return rows_to_sections(rows[1:], rows[0], heading, limits)
