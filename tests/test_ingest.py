@@ -453,6 +453,8 @@ def test_an_html_table_is_written_as_a_table_under_its_heading() -> None:
     doc = load("rooms.html", page.encode())
     texts = [s.text for s in doc.sections]
     assert texts[0] == "Book ahead."
-    assert texts[1] == "Columns: Room | Floor | Seats\n\nRoom: Aster; Floor: 2; Seats: 8\nRoom: Birch; Floor: 3; Seats: 12"
+    assert texts[1] == (
+        "Columns: Room | Floor | Seats\n\nRoom: Aster; Floor: 2; Seats: 8\nRoom: Birch; Floor: 3; Seats: 12"
+    )
     assert texts[2:] == ["Ask facilities for more.", "layout only"]  # a one-cell layout table is its text
     assert {s.heading for s in doc.sections} == {"Meeting rooms"}
