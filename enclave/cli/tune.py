@@ -55,72 +55,208 @@ def chunk_records(settings: Settings, collection: str) -> list[Any]:
 
 @tune_app.command("dataset")
 def dataset_cmd(
-    collection: str = typer.Option(..., help="Collection whose chunks become QA pairs."),
-    out: Path = typer.Option(None, help="JSONL file (default: <data_dir>/datasets/<collection>.jsonl)."),
+    collection: str = typer.Option(
+        None,
+        help="Collection whose chunks become QA pairs; with --from-feedback, also the feedback used: ratings of its "
+        "answers and corrections of answers that used no collection.",
+    ),
+    out: Path = typer.Option(
+        None, help="JSONL file (default: <data_dir>/datasets/<collection>.jsonl, or feedback.jsonl without one)."
+    ),
     generator: str = typer.Option("rules", help="rules (no model) or llm (the served model writes the pairs)."),
     eval_share: float = typer.Option(0.2, min=0.05, max=0.5, help="Share of pairs held out for eval."),
     per_chunk: int = typer.Option(1, min=1, max=8, help="llm: questions the model writes per chunk."),
     vetted: bool = typer.Option(
         True, "--vet/--no-vet", help="Keep only pairs whose question finds its passage and whose answer it supports."
     ),
+    from_feedback: bool = typer.Option(
+        False,
+        "--from-feedback",
+        help="Add accepted corrections and up-rated document answers (see `enclave feedback`) as pairs.",
+    ),
+    merge: Path = typer.Option(
+        None,
+        "--merge",
+        help="With --from-feedback: merge with the pairs of this JSONL (an earlier `tune dataset`) instead of "
+        "generating the document pairs again.",
+    ),
+    since: str = typer.Option(None, "--since", help="Feedback rated on or after this ISO date or date-time (UTC)."),
+    until: str = typer.Option(None, "--until", help="Feedback rated before this date-time, or on or before this date."),
 ) -> None:
-    """Turn a collection's chunks into QA pairs with provenance and a train/eval split."""
-    from enclave.adapters.tuning.dataset import generate_pairs, generate_pairs_llm, save_pairs, vet
-    from enclave.core.protocols import Principal
+    """Turn a collection's chunks, and people's feedback, into QA pairs with provenance and a train/eval split."""
+    from enclave.adapters.tuning.dataset import save_pairs
+    from enclave.adapters.tuning.feedback_data import merge_pairs, new_summary
     from enclave.knowledge.store import KnowledgeBase
 
     if generator not in ("rules", "llm"):
         raise _fail(EnclaveError(f"unknown generator '{generator}': rules or llm"))
+    if not (collection or from_feedback):
+        raise _fail(EnclaveError("give --collection, --from-feedback or both"))
+    if merge and not from_feedback:
+        raise _fail(EnclaveError("--merge adds feedback to an earlier dataset: give --from-feedback too"))
     settings = _settings()
-    out = out or dataset_path(settings, collection)
+    out = out or dataset_path(settings, collection or "feedback")
+    summary = new_summary()
     try:
-        chunks = chunk_records(settings, collection)
-        if not chunks:
-            raise EnclaveError(f"collection '{collection}' has no chunks: ingest documents first")
+        kb = KnowledgeBase.from_settings(settings)
         with _progress() as bar:
-            if generator == "llm":
-                import asyncio
-
-                from enclave.engine.build import build_backend
-
-                backend = build_backend(settings)
-                asyncio.run(backend.aload())
-                task = bar.add_task("writing pairs", total=len(chunks), info=settings.models.name)
-                pairs = asyncio.run(
-                    generate_pairs_llm(
-                        backend,
-                        chunks,
-                        eval_share,
-                        progress=lambda i, n: bar.update(task, completed=i),
-                        per_chunk=per_chunk,
-                    )
+            feedback = []
+            if from_feedback:
+                feedback = _feedback_pairs(settings, kb, collection, since, until, eval_share, bar, summary)
+            if merge:
+                documents = _merged_file(merge, summary)
+            elif collection:
+                documents, counts = _document_pairs(
+                    settings, kb, collection, generator, eval_share, per_chunk, vetted, bar
                 )
-                backend.close()
+                summary["document"].update(counts)
             else:
-                pairs = generate_pairs(chunks, eval_share)
-            why = {"written": len(pairs), "kept": len(pairs)}
-            if vetted and pairs:
-                kb = KnowledgeBase.from_settings(settings)
-                admin = Principal(name="tune", admin=True)
-                task = bar.add_task("vetting pairs", total=len(pairs), info="retrieval + support + duplicates")
-                pairs, why = vet(
-                    pairs,
-                    chunks,
-                    lambda q: kb.search(q, collection, admin, k=5),
-                    kb.embedder.embed,
-                    progress=lambda i, n: bar.update(task, completed=i),
-                )
+                documents = []
+        pairs = merge_pairs([feedback, documents], summary, kb.embedder.embed)
         if not pairs:
-            raise EnclaveError(f"no QA pairs could be made from these chunks ({why})")
+            raise EnclaveError(f"no QA pairs could be made ({_dropped(summary['document']) or 'nothing to use'})")
     except EnclaveError as exc:
         raise _fail(exc) from exc
     save_pairs(pairs, out)
     n_eval = sum(p.split == "eval" for p in pairs)
-    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in why.items() if k not in ("written", "kept") and v)
-    console.print(
-        f"{len(pairs)} pairs from {len(chunks)} chunks ({len(pairs) - n_eval} train, {n_eval} eval) → {out}"
-        + (f"; of {why['written']} written, dropped {dropped}" if dropped else "")
-    )
+    if from_feedback:
+        console.print(_summary_table(pairs, summary))
+        console.print(f"{len(pairs)} pairs ({len(pairs) - n_eval} train, {n_eval} eval) → {out}")
+    else:
+        dropped = _dropped(summary["document"])
+        console.print(
+            f"{len(pairs)} pairs from {summary['document']['chunks']} chunks ({len(pairs) - n_eval} train, "
+            f"{n_eval} eval) → {out}"
+            + (f"; of {summary['document']['considered']}, dropped {dropped}" if dropped else "")
+        )
+
+
+def _document_pairs(
+    settings: Settings,
+    kb: Any,
+    collection: str,
+    generator: str,
+    eval_share: float,
+    per_chunk: int,
+    vetted: bool,
+    bar: Progress,
+) -> tuple[list[Any], dict[str, int]]:
+    """The collection's chunks as pairs (vetted unless told not to), and the counts: considered, chunks, drops."""
+    from enclave.adapters.tuning.dataset import generate_pairs, generate_pairs_llm, vet
+    from enclave.core.protocols import Principal
+
+    chunks = chunk_records(settings, collection)
+    if not chunks:
+        raise EnclaveError(f"collection '{collection}' has no chunks: ingest documents first")
+    if generator == "llm":
+        import asyncio
+
+        from enclave.engine.build import build_backend
+
+        backend = build_backend(settings)
+        asyncio.run(backend.aload())
+        task = bar.add_task("writing pairs", total=len(chunks), info=settings.models.name)
+        pairs = asyncio.run(
+            generate_pairs_llm(
+                backend,
+                chunks,
+                eval_share,
+                progress=lambda i, n: bar.update(task, completed=i),
+                per_chunk=per_chunk,
+            )
+        )
+        backend.close()
+    else:
+        pairs = generate_pairs(chunks, eval_share)
+    why = {"written": len(pairs), "kept": len(pairs)}
+    if vetted and pairs:
+        admin = Principal(name="tune", admin=True)
+        task = bar.add_task("vetting pairs", total=len(pairs), info="retrieval + support + duplicates")
+        pairs, why = vet(
+            pairs,
+            chunks,
+            lambda q: kb.search(q, collection, admin, k=5),
+            kb.embedder.embed,
+            progress=lambda i, n: bar.update(task, completed=i),
+        )
+    counts = {k: v for k, v in why.items() if k not in ("written", "kept")}
+    return pairs, {"considered": why["written"], "chunks": len(chunks), **counts}
+
+
+def _feedback_pairs(
+    settings: Settings,
+    kb: Any,
+    collection: str | None,
+    since: str | None,
+    until: str | None,
+    eval_share: float,
+    bar: Progress,
+    summary: dict[str, Any],
+) -> list[Any]:
+    """The feedback's pairs from the configured conversation store; its counts added to `summary`."""
+    from enclave.adapters.tuning.feedback_data import feedback_pairs
+    from enclave.chat.conversations import SqlConversationStore
+
+    store = SqlConversationStore(settings.database_url)
+    try:
+        task = bar.add_task("checking feedback", total=None, info="retrieval + support")
+        pairs, counts = feedback_pairs(
+            store,
+            kb,
+            since,
+            until,
+            collection,
+            eval_share,
+            progress=lambda i, n: bar.update(task, completed=i, total=n),
+        )
+    finally:
+        store.close()
+    for origin, counter in counts.items():
+        summary[origin].update(counter)
+    return pairs
+
+
+def _merged_file(path: Path, summary: dict[str, Any]) -> list[Any]:
+    """The pairs of an earlier dataset, counted as considered by where they came from."""
+    from enclave.adapters.tuning.dataset import load_pairs
+    from enclave.adapters.tuning.feedback_data import origin_of
+
+    pairs = load_pairs(path)
+    for p in pairs:
+        summary[origin_of(p)]["considered"] += 1
+    return pairs
+
+
+def _dropped(counts: Any, sep: str = ", ") -> str:
+    from enclave.adapters.tuning.feedback_data import DROPS
+
+    return sep.join(f"{counts[k]} {words}" for k, words in DROPS.items() if counts.get(k))
+
+
+def _summary_table(pairs: list[Any], summary: dict[str, Any]) -> Any:
+    """Per source: how many pairs were considered and kept, in which split, and why the others were not."""
+    from rich.table import Table
+
+    from enclave.adapters.tuning.feedback_data import NOTES, ORIGINS, origin_of
+
+    table = Table(title="QA pairs by source")
+    for col in ("source", "considered", "kept", "train", "eval", "dropped", "not used / marked"):
+        table.add_column(col)
+    for origin in ORIGINS:
+        counts = summary[origin]
+        mine = [p for p in pairs if origin_of(p) == origin]
+        n_eval = sum(p.split == "eval" for p in mine)
+        notes = "\n".join(f"{counts[k]} {words}" for k, words in NOTES.items() if counts.get(k))
+        table.add_row(
+            origin.replace("_", " "),
+            str(counts["considered"]),
+            str(len(mine)),
+            str(len(mine) - n_eval),
+            str(n_eval),
+            _dropped(counts, "\n") or "-",
+            notes or "-",
+        )
+    return table
 
 
 @tune_app.command("train")
@@ -193,8 +329,12 @@ def eval_cmd(
         table.add_column(col)
     for backend, m in report["backends"].items():
         ci = m["right_ci95"]
-        table.add_row(backend, f"{m['right']:.0%} [{ci[0]:.0%}–{ci[1]:.0%}]", f"{m['mean']:.3f}",
-                      f"{m['share_at_or_above_0.5']:.0%}")
+        table.add_row(
+            backend,
+            f"{m['right']:.0%} [{ci[0]:.0%}–{ci[1]:.0%}]",
+            f"{m['mean']:.3f}",
+            f"{m['share_at_or_above_0.5']:.0%}",
+        )
     console.print(table)
     gain = report["adapter_minus_base_right"]
     low, high = gain["ci95"]

@@ -34,6 +34,9 @@ class QAPair:
     kind: str
     split: str = "train"
     checks: dict[str, Any] = field(default_factory=dict)  # what `vet` measured: rank of the passage, support
+    # Where the pair came from (feedback_data): {"source": "document" | "correction" | "rated_answer", and for
+    # feedback its feedback, conversation and message ids and reviewer}; empty in datasets made before it.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +123,7 @@ def generate_pairs(chunks: Iterable[ChunkRecord], eval_share: float = 0.2) -> li
 
 
 def about(topic: str, title: str) -> str:
-    """" in <title>" when the topic does not already say which page it is about, else ""."""
+    """ " in <title>" when the topic does not already say which page it is about, else ""."""
     if not title:
         return ""
     t_words, topic_words = set(_WORDS.findall(title.lower())), set(_WORDS.findall(topic.lower()))
@@ -164,7 +167,7 @@ async def generate_pairs_llm(
     out = []
     system = writer_prompt(per_chunk)
     for i, c in enumerate(chunks):
-        where = f"From the page \"{c.title}\"" + (f", section \"{c.section}\"" if c.section else "") + ":\n\n"
+        where = f'From the page "{c.title}"' + (f', section "{c.section}"' if c.section else "") + ":\n\n"
         prompt = [Message(role="system", content=system), Message(role="user", content=where + c.text[:1500])]
         params = GenerationParams(max_tokens=120 * per_chunk, temperature=0)
         text = "".join([p async for p in backend.stream(prompt, params)])
