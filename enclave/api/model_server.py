@@ -7,6 +7,7 @@ The chat service reaches it through its TGI backend, exactly as it would reach a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -59,6 +60,7 @@ class ModelServerState:
         self.backend: LocalBackend = build_local_backend(settings)
         self.auth = Authenticator(settings.auth)
         self.registry: AdapterRegistry | None = None
+        self.follow: asyncio.Task[None] | None = None  # swaps in adapters promoted by another process
         self.ready = False
 
     async def load(self) -> None:
@@ -66,6 +68,7 @@ class ModelServerState:
         self.registry = AdapterRegistry(self.settings.adapters_path, self.backend, self.backend.base_sha256)
         for problem in await self.registry.load_all():
             log.warning("adapter skipped: %s", problem)
+        self.follow = asyncio.create_task(self.registry.follow())
         self.ready = True
 
 
@@ -97,6 +100,8 @@ def create_model_server(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if state.follow is not None:
+                state.follow.cancel()
             state.backend.close()
 
     app = FastAPI(title="Enclave model server (TGI protocol)", lifespan=lifespan)

@@ -38,6 +38,7 @@ class State:
         self.kb: KnowledgeBase | None = None  # set once loaded
         self.inbox: Inbox | None = None  # uploads waiting to be ingested; set with the knowledge base
         self.registry: AdapterRegistry | None = None  # set once loaded
+        self._follow: asyncio.Task[None] | None = None  # swaps in adapters promoted by another process
         self.pipeline = ChatPipeline(settings, self.backend, self.store, self.metrics)
         if self.auth.enabled:
             self.pipeline.key_limits = KeyLimits(settings.limits, settings.storage.redis_url)
@@ -123,6 +124,7 @@ class State:
         if host is not None and self.settings.adapters.autoload:
             for problem in await registry.load_all():
                 log.warning("adapter skipped: %s", problem)
+        self._follow = asyncio.create_task(registry.follow())
         return registry
 
     def _open_kb(self) -> KnowledgeBase:
@@ -154,6 +156,8 @@ class State:
             await asyncio.sleep(0.1)
 
     def close(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
         if self.inbox is not None:
             self.inbox.stop()
         self.backend.close()

@@ -439,6 +439,7 @@ def _registered_domains(settings: Settings, exclude: set[str]) -> dict[str, Any]
 
 def _register_parts() -> None:
     """The commands of the knowledge base and of tuning, which live beside the parts they drive."""
+    from enclave.cli.adapters import adapters_app, compare_cmd
     from enclave.cli.docs import formats_command, ingest_command, kb_app, sync_command
     from enclave.cli.feedback import feedback_app
     from enclave.cli.tune import model_server_cmd, tune_app
@@ -447,7 +448,9 @@ def _register_parts() -> None:
     app.command("sync")(sync_command)
     app.command("formats")(formats_command)
     app.add_typer(kb_app, name="kb", help="List and delete knowledge-base documents.")
+    tune_app.command("compare")(compare_cmd)
     app.add_typer(tune_app, name="tune", help="Datasets, LoRA training and evaluation.")
+    app.add_typer(adapters_app, name="adapters", help="Served adapters: promote a better one, roll back, the log.")
     app.add_typer(feedback_app, name="feedback", help="Ratings of answers: list, export and review them.")
     app.command("model-server")(model_server_cmd)
 
