@@ -48,8 +48,6 @@ def right(answer: str, reference: str, question: str) -> bool:
     return len(terms & said) / len(terms) >= RIGHT
 
 
-
-
 def cosine_scores(embed: Callable[[list[str]], Any], answers: list[str], references: list[str]) -> list[float]:
     import numpy as np
 
@@ -195,8 +193,11 @@ def markdown_report(
             f"{s['share_at_or_above_0.5']:.0%} |"
         )
     gain = report["adapter_minus_base_right"]
-    lines += ["", f"Adapter minus base model, right answers, paired: {gain['difference']:+.0%} "
-              f"[{gain['ci95'][0]:+.0%}, {gain['ci95'][1]:+.0%}]."]
+    lines += [
+        "",
+        f"Adapter minus base model, right answers, paired: {gain['difference']:+.0%} "
+        f"[{gain['ci95'][0]:+.0%}, {gain['ci95'][1]:+.0%}].",
+    ]
     lines += ["", "![histograms](eval_hist.png)", "", "## Examples", ""]
     for i, pair in enumerate(pairs[:5]):
         lines.append(f"**Q:** {pair.question}  \n**Reference:** {pair.answer}")
