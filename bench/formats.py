@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.answers import spread
 from bench.machine import cpu_model
 from enclave.core.settings import Settings, offline_environment
 from enclave.core.stats import bootstrap_mean, wilson
@@ -48,13 +49,6 @@ MAIN = '//div[@role="main"] | //div[contains(concat(" ", normalize-space(@class)
 
 
 # -- the corpus --------------------------------------------------------------------------------------
-def spread(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    if n >= len(items):
-        return items
-    step = len(items) / n
-    return [items[int(i * step)] for i in range(n)]
-
-
 def clean_html(src: Path, dst: Path) -> None:
     """The page's title and main text only: what every format is made from."""
     import lxml.html

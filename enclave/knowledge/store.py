@@ -322,7 +322,8 @@ class KnowledgeBase:
         report.count(kind, files=1, read_s=time.perf_counter() - started)
         if doc.sections:
             self._write_document(uri, doc, content_hash, doc_id, collection, existing, versions, report, tell, parent)
-        self._drop_lost_attachments(collection, doc_id, {f"{uri}#{a.name}" for a in doc.attachments}, report)
+        if versions:  # an earlier version may have had attachments this one has not
+            self._drop_lost_attachments(collection, doc_id, {f"{uri}#{a.name}" for a in doc.attachments}, report)
         for a in doc.attachments:
             if depth >= self.limits.attachment_depth:
                 report.skipped.append(f"{uri}#{a.name}: attachment nested deeper than {self.limits.attachment_depth}")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from enclave.knowledge.loaders.base import LoadError, ReadLimits, open_zip, read_member
 
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 # Streams that mark a binary Office 97-2003 file (.doc, .ppt, .xls) rather than an encrypted OOXML package.
 _LEGACY_STREAMS = {"WordDocument": ".doc", "PowerPoint Document": ".ppt", "Workbook": ".xls", "Book": ".xls"}
 
@@ -38,7 +38,7 @@ def a_or_an(what: str) -> str:
 
 def _refuse_ole(name: str, data: bytes, what: str) -> None:
     """An OLE compound file named like an OOXML one: Office's encrypted package, or an old binary file renamed."""
-    if not data.startswith(_OLE_MAGIC):
+    if not data.startswith(OLE_MAGIC):
         return
     import olefile
 

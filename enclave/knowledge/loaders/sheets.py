@@ -30,11 +30,11 @@ from enclave.knowledge.loaders.base import (
     open_zip,
     rows_to_sections,
 )
+from enclave.knowledge.loaders.containers import OLE_MAGIC
 
 _SEP = "\x1f"  # joins a stored row's cells; str.split() reads it as whitespace, so no cell keeps one
 _BATCH = 2000  # stored rows turned into sections at a time
 _MAX_COLUMNS = 16_384  # the widest sheet Excel and LibreOffice make; cells beyond it are not read
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
 def cell_text(value: Any) -> str:
@@ -153,7 +153,7 @@ def _document(name: str, kind: str, sheets: Iterable[tuple[str, Rows]], count: i
 
 
 def read_xlsx(name: str, data: bytes, ctx: ReadContext) -> Document:
-    if data.startswith(_OLE_MAGIC):
+    if data.startswith(OLE_MAGIC):
         raise LoadError(f"{name}: an OLE file, not a zip: the workbook is password-protected, or an old .xls renamed")
     open_zip(name, data, ctx.limits, "XLSX").close()
     from openpyxl.utils.exceptions import InvalidFileException

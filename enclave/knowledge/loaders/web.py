@@ -103,9 +103,10 @@ def html_document(name: str, text: str, limits: ReadLimits | None = None) -> Doc
     sections: list[Section] = []
     heading, buf = "", list[str]()
     for el in root.iterdescendants(*_BLOCKS):
-        if any(a.tag == "table" for a in el.iterancestors()):
+        above = {a.tag for a in el.iterancestors()}
+        if "table" in above:
             continue  # its table carries it
-        if el.tag in ("p", "pre") and any(a.tag in _CONTAINERS for a in el.iterancestors()):
+        if el.tag in ("p", "pre") and above & _CONTAINERS:
             continue  # its parent item already carries this text
         if el.tag == "table":
             pieces = _table(el, heading, limits or ReadLimits())
