@@ -432,13 +432,15 @@ def test_upload_documents_from_the_page_follow_each_file_then_ask_and_delete(bro
     page.wait_for_selector('#docs-batches .batch:not([data-state="running"])', timeout=240_000)
     page.screenshot(path=str(SHOTS / "enclave-documents-done.png"))
 
-    for name in ("halvorsen.docx", "badge-scan.pdf"):
+    for name, read_by in (("halvorsen.docx", ""), ("badge-scan.pdf", " · 3 pages read by OCR")):
         row = ingest_row(page, name)
         assert row.get_attribute("data-state") == "done", row.inner_text()
-        assert re.fullmatch(r"done · \d+ chunks?", row.locator(".file-status").inner_text()), row.inner_text()
+        status = row.locator(".file-status").inner_text()
+        assert re.fullmatch(r"done · \d+ chunks?" + re.escape(read_by), status), row.inner_text()
         assert row.locator(".bar").get_attribute("aria-valuenow") == "100"
+    # The stages a watcher saw: OCR of three small pages may finish between two polls, so only the order is held.
     seen = page.evaluate("() => window.__seen")
-    assert any(s.startswith("OCR page ") for s in seen["badge-scan.pdf"]), seen  # the scan was read by OCR
+    assert seen["badge-scan.pdf"][-1].startswith("done"), seen
     broken = ingest_row(page, "broken.pdf")
     assert broken.get_attribute("data-state") == "error"
     assert broken.locator(".file-status").inner_text() == "failed"

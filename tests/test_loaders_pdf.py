@@ -167,6 +167,7 @@ def test_a_scanned_pdf_is_read_by_ocr_page_by_page(tesseract: None) -> None:
     for word in ("firewall", "reviewed", "monthly", "approval"):
         assert word in second
     assert [p for p in progress if p.startswith("OCR")] == ["OCR page 1/2", "OCR page 2/2"]
+    assert doc.ocr_pages == 2
 
 
 def test_a_mixed_pdf_keeps_its_text_page_and_reads_its_scanned_one(tesseract: None) -> None:
@@ -176,6 +177,7 @@ def test_a_mixed_pdf_keeps_its_text_page_and_reads_its_scanned_one(tesseract: No
     assert doc.sections[0].text == "The text page says the cluster has three nodes."
     assert "firewall" in words(doc.sections[1].text) and "approval" in words(doc.sections[1].text)
     assert [p for p in progress if p.startswith("OCR")] == ["OCR page 1/1"]  # the text page is not OCR'd
+    assert doc.ocr_pages == 1
 
 
 def test_with_ocr_off_a_scanned_pdf_is_a_clear_error() -> None:

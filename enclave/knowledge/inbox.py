@@ -42,6 +42,7 @@ class FileStatus:
     error: str = ""
     chunks: int = 0
     documents: int = 0  # the file and its attachments
+    ocr_pages: int = 0  # pages whose text came from OCR
     skipped: list[str] = field(default_factory=list)  # attachments refused, "name: reason"
 
 
@@ -191,6 +192,7 @@ class Inbox:
     @staticmethod
     def _settle(f: FileStatus, report: Any) -> None:
         f.chunks = report.chunks
+        f.ocr_pages = report.ocr_pages
         f.documents = len(report.added) + len(report.updated)
         own = f"upload/{f.name}"
         mine = [s for s in report.skipped if s.startswith(own + ":") or s.startswith(f.name + ":")]

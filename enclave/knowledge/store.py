@@ -50,6 +50,7 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "name: reason"
     chunks: int = 0
+    ocr_pages: int = 0  # pages read by OCR, in every file of the report
     # per kind of file: files read, skipped, chunks written, seconds reading (to chunks) and embedding + writing
     kinds: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -320,6 +321,7 @@ class KnowledgeBase:
             report.count(kind, skipped=1, read_s=time.perf_counter() - started)
             return report
         report.count(kind, files=1, read_s=time.perf_counter() - started)
+        report.ocr_pages += doc.ocr_pages
         if doc.sections:
             self._write_document(uri, doc, content_hash, doc_id, collection, existing, versions, report, tell, parent)
         if versions:  # an earlier version may have had attachments this one has not

@@ -300,7 +300,8 @@
       case "uploading": return row.upload < 1 ? `uploading ${Math.round(row.upload * 100)}%` : "sent · waiting for the server";
       case "queued": return "queued";
       case "reading": return row.stage || "reading";
-      case "done": return `done · ${plural(row.chunks, "chunk")}` + (row.documents > 1 ? ` · ${plural(row.documents - 1, "attachment")}` : "");
+      case "done": return `done · ${plural(row.chunks, "chunk")}` + (row.documents > 1 ? ` · ${plural(row.documents - 1, "attachment")}` : "")
+        + (row.ocr_pages ? ` · ${plural(row.ocr_pages, "page")} read by OCR` : "");
       case "unchanged": return "unchanged · already in the collection";
       default: return "failed";
     }
@@ -399,7 +400,7 @@
     paintBatch(batch);
   }
   function newRow(name, size, file) {
-    return { name, size, file, state: "waiting", stage: "", error: "", chunks: 0, documents: 0, skipped: [], upload: 0, el: null };
+    return { name, size, file, state: "waiting", stage: "", error: "", chunks: 0, documents: 0, ocr_pages: 0, skipped: [], upload: 0, el: null };
   }
   function settle(batch, row, state, error) {
     Object.assign(row, { state, error: error || "", stage: "" });
@@ -411,7 +412,7 @@
       if (!row) return;
       const finishedNow = !FINISHED.includes(row.state) && f.state === "done";
       Object.assign(row, { state: f.state, stage: f.stage || "", error: f.error || "", chunks: f.chunks || 0,
-        documents: f.documents || 0, skipped: f.skipped || [] });
+        documents: f.documents || 0, ocr_pages: f.ocr_pages || 0, skipped: f.skipped || [] });
       paintRow(row);
       if (finishedNow) reloadSoon(batch.collection);
     });

@@ -40,6 +40,7 @@ class Document:
     kind: str
     sections: list[Section] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
+    ocr_pages: int = 0  # pages whose text came from OCR: the person who uploaded a scan is told it was read
 
     @property
     def text(self) -> str:

@@ -32,7 +32,8 @@ def read_image(name: str, data: bytes, ctx: ReadContext) -> Document:
             raise LoadError(f"{name}: OCR read nothing: {result.failures()}")
         log.warning("%s: pages not read by OCR: %s", name, result.failures())
     sections = [Section(result.texts[k], page=k if frames > 1 else None) for k in sorted(result.texts)]
-    return Document(Path(name).stem.replace("_", " ").replace("-", " "), "image", sections)
+    read = sum(1 for text in result.texts.values() if text)
+    return Document(Path(name).stem.replace("_", " ").replace("-", " "), "image", sections, ocr_pages=read)
 
 
 def _open(name: str, data: bytes) -> Image.Image:

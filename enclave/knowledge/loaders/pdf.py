@@ -52,11 +52,12 @@ def read_pdf(name: str, data: bytes, ctx: ReadContext) -> Document:
         by_page = {p.number: [Section(p.text, page=p.number)] for p in pages}
         by_page.update(_tables(name, data, [p for p in pages if p.ruled and not p.scanned], ctx))
         readable = any(p.text for p in pages if not p.scanned)
-        by_page.update(_scanned(name, pdf, [p for p in pages if p.scanned], readable, ctx))
+        scanned, ocr_pages = _scanned(name, pdf, [p for p in pages if p.scanned], readable, ctx)
+        by_page.update(scanned)
     finally:
         with _PDFIUM:
             pdf.close()
-    return Document(title, "pdf", [s for number in sorted(by_page) for s in by_page[number]])
+    return Document(title, "pdf", [s for number in sorted(by_page) for s in by_page[number]], ocr_pages=ocr_pages)
 
 
 def _open(name: str, data: bytes, ctx: ReadContext) -> pypdfium2.PdfDocument:
@@ -205,28 +206,30 @@ def _text_band(page: Any, boxes: list[tuple[float, ...]], top: float, bottom: fl
 
 def _scanned(
     name: str, pdf: pypdfium2.PdfDocument, pages: list[_Page], readable: bool, ctx: ReadContext
-) -> dict[int, list[Section]]:
-    """The pages without a text layer, read by OCR. Where OCR cannot run or fails, they are kept as they are and
-    named in a warning, unless the document has no other text (`readable`): then a LoadError says why."""
+) -> tuple[dict[int, list[Section]], int]:
+    """The pages without a text layer, read by OCR, and how many OCR gave text to. Where OCR cannot run or fails,
+    they are kept as they are and named in a warning, unless the document has no other text (`readable`): then a
+    LoadError says why."""
     if not pages:
-        return {}
+        return {}, 0
     why = ocr.unavailable(ctx)
     numbers = ", ".join(str(p.number) for p in pages)
     if why:
         if not readable:
             raise LoadError(f"{name}: no page has a text layer and {why}: scanned pages need OCR: {ocr.NEED_OCR}")
         log.warning("%s: pages %s have no text layer and were not read: %s (%s)", name, numbers, why, ocr.NEED_OCR)
-        return {}
+        return {}, 0
     result = ocr.read_pages(name, _renders(pdf, pages, ctx.limits.ocr_dpi), len(pages), ctx)
     if result.failed:
         if not readable and not any(result.texts.values()):
             raise LoadError(f"{name}: OCR read no page: {result.failures()}")
         log.warning("%s: pages not read by OCR: %s", name, result.failures())
-    out = {}
+    out, read = {}, 0
     for p in pages:
         text = result.texts.get(p.number, "")
+        read += len(text) > len(p.text)
         out[p.number] = [Section(text if len(text) > len(p.text) else p.text, page=p.number)]
-    return out
+    return out, read
 
 
 def _renders(pdf: pypdfium2.PdfDocument, pages: list[_Page], dpi: int) -> Iterator[tuple[int, bytes, int | None]]:
