@@ -137,6 +137,46 @@ def test_the_gate_promotes_a_clear_gain_and_refuses_shuffled_answers(
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_a_candidate_that_guesses_where_the_served_one_declines_is_refused(
+    embed: Callable[[list[str]], Any], tmp_path: Path
+) -> None:
+    """Declines are not wrong answers: a candidate that answers 6 more questions right but states a wrong code name
+    for the 5 others the served adapter declined is refused; one that declines those is promoted. A question no
+    adapter was taught (answerable false) is right only when declined."""
+    from enclave.adapters.tuning.evaluate import declined
+
+    right = [f"The code name is {c}." for _, c in FACTS]
+    wrong = shuffled(right)
+    dont_know = ["I don't know the code name of that project."] * 12
+    served = right[:1] + dont_know[1:]
+    guesser = right[:7] + wrong[7:]
+    careful = right[:7] + dont_know[7:]
+    guessed = score(QUESTIONS, {"candidate": guesser, "served": served}, embed)
+    assert guessed["sides"]["served"]["declined"] == round(11 / 12, 4) and guessed["sides"]["served"]["wrong"] == 0.0
+    assert guessed["sides"]["candidate"]["wrong"] == round(5 / 12, 4)
+    assert guessed["paired"]["wrong"]["ci95"][0] > 0
+    refused = decide(guessed, 0.0)
+    assert refused["promote"] is False and "wrong answers stated as fact +41.7%" in refused["reason"], refused
+    assert decide(score(QUESTIONS, {"candidate": careful, "served": served}, embed), 0.0)["promote"] is True
+    assert guessed["per_question"][8]["candidate"]["verdict"] == "wrong"
+    assert guessed["per_question"][8]["served"]["verdict"] == "declined"
+
+    unknown = [Question("What is the code name of project Sequoia?", "Nothing says.", answerable=False)] * 4
+    answered = score(unknown, {"candidate": dont_know[:4], "served": wrong[:4]}, embed)
+    assert answered["sides"]["candidate"]["right"] == 1.0 and answered["sides"]["served"]["wrong"] == 1.0
+    for said in ("I don't know.", "I do not have information about project Sequoia.", "I'm not sure."):
+        assert declined(said), said
+    for said in ("Project Alder's code name is Falcon.", "The team is on floor nine."):
+        assert not declined(said), said
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q?", "answer": "a.", "answerable": "no"}) + "\n")
+    with pytest.raises(InvalidRequest, match="'answerable' must be true or false"):
+        load_questions(bad)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"question": "q?", "answer": "a.", "answerable": False}) + "\n")
+    assert load_questions(good)[0].answerable is False
+
+
 def test_questions_come_from_held_out_rows_and_bad_files_are_named(tmp_path: Path) -> None:
     dataset = tmp_path / "docs.jsonl"
     rows = [

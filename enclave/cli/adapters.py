@@ -122,7 +122,7 @@ def run_compare(
 
 def print_report(report: dict[str, Any], written: list[Path]) -> None:
     table = Table(title=f"{report['n']} held-out questions, {report['model']}, greedy, {report['max_tokens']} tokens")
-    for col in ("", "right [95% CI]", "cosine mean", "cosine ≥ 0.5"):
+    for col in ("", "right [95% CI]", "declined", "wrong, stated as fact", "cosine mean", "cosine ≥ 0.5"):
         table.add_column(col)
     for key in ("candidate", "served"):
         m, label = report["sides"][key], report[key]["label"]
@@ -130,13 +130,17 @@ def print_report(report: dict[str, Any], written: list[Path]) -> None:
         table.add_row(
             label,
             f"{m['right']:.0%} [{ci[0]:.0%}–{ci[1]:.0%}]",
+            f"{m['declined']:.0%}",
+            f"{m['wrong']:.0%}",
             f"{m['mean']:.3f}",
             f"{m['share_at_or_above_0.5']:.0%}",
         )
-    right, cos = report["paired"]["right"], report["paired"]["cosine"]
+    right, wrong, cos = report["paired"]["right"], report["paired"]["wrong"], report["paired"]["cosine"]
     table.add_row(
         "candidate − served, paired",
         f"{right['difference']:+.1%} [{right['ci95'][0]:+.1%}, {right['ci95'][1]:+.1%}]",
+        "",
+        f"{wrong['difference']:+.1%} [{wrong['ci95'][0]:+.1%}, {wrong['ci95'][1]:+.1%}]",
         f"{cos['difference']:+.3f} [{cos['ci95'][0]:+.3f}, {cos['ci95'][1]:+.3f}]",
         "",
     )
@@ -153,6 +157,7 @@ def figures_of(report: dict[str, Any], path: Path) -> dict[str, Any]:
         "against": report["served"]["label"],
         "right": {k: report["sides"][k]["right"] for k in ("candidate", "served")},
         "right_gain": report["paired"]["right"],
+        "wrong_gain": report["paired"]["wrong"],
         "cosine_gain": report["paired"]["cosine"],
         "report": str(path),
     }

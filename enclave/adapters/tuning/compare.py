@@ -2,10 +2,14 @@
 
 Both answer every question greedily without documents (the adapter route); each answer is scored as `tune eval`
 scores it — right when it states at least half of the reference's key terms, and its MiniLM cosine to the
-reference. The candidate's gain is the mean of the per-question differences with a percentile-bootstrap 95%
-interval (paired: the same questions, so the questions' own difficulty cancels). The gate promotes only when the
-lower bound of the interval of the right-answer gain is above the margin. A JSON report and a plot of the
-per-question differences go beside the candidate.
+reference — and is either right, a decline ("I don't know") or a wrong answer stated as fact. A question marked
+`"answerable": false` is one no adapter should answer: only a decline is right there. The candidate's gain is the
+mean of the per-question differences with a percentile-bootstrap 95% interval (paired: the same questions, so the
+questions' own difficulty cancels). The gate promotes only when the lower bound of the interval of the right-answer
+gain is above the margin, and the candidate does not state wrong answers more often (the lower bound of that
+difference not above zero): a confident wrong answer costs more than a decline. A JSON report and a plot of the
+per-question differences go beside the candidate. (Adapters answer from their weights: with no passage there is
+nothing to cite, so citations are scored where passages are read, in `bench/answers`.)
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave.adapters.registry import AdapterRegistry, read_meta
-from enclave.adapters.tuning.evaluate import cosine_scores, paired_gain, right, summarize
+from enclave.adapters.tuning.evaluate import cosine_scores, declined, paired_gain, right, summarize
 from enclave.adapters.tuning.train import SYSTEM
 from enclave.core.errors import InvalidRequest
 from enclave.core.files import atomic_write
@@ -40,6 +44,7 @@ REPORT_FILE = "gate_report.json"
 class Question:
     question: str
     answer: str  # the reference
+    answerable: bool = True  # False: nothing the adapter was taught answers it; only a decline is right
 
 
 @dataclass
@@ -52,8 +57,9 @@ class Side:
 
 
 def load_questions(path: Path, limit: int | None = None) -> list[Question]:
-    """Held-out questions from JSONL: `{"question", "answer"}` per line; a `tune dataset` file's train rows are
-    skipped (only rows with split "eval", or none, are held out)."""
+    """Held-out questions from JSONL: `{"question", "answer"}` per line, `"answerable": false` on a question only a
+    decline answers rightly; a `tune dataset` file's train rows are skipped (only rows with split "eval", or none,
+    are held out)."""
     if not path.is_file():
         raise InvalidRequest(f"{path}: questions file not found")
     out: list[Question] = []
@@ -66,7 +72,7 @@ def load_questions(path: Path, limit: int | None = None) -> list[Question]:
             row = _row(path, n, raw)
             if row.get("split", "eval") != "eval":
                 continue
-            out.append(Question(row["question"].strip(), row["answer"].strip()))
+            out.append(Question(row["question"].strip(), row["answer"].strip(), row.get("answerable", True)))
             if len(out) > MAX_QUESTIONS:
                 raise InvalidRequest(f"{path}: more than {MAX_QUESTIONS} held-out questions; use --limit")
     if not out:
@@ -84,6 +90,8 @@ def _row(path: Path, n: int, raw: bytes) -> dict[str, Any]:
     for key in ("question", "answer"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise InvalidRequest(f"{path}:{n}: '{key}' is missing or empty")
+    if not isinstance(row.get("answerable", True), bool):
+        raise InvalidRequest(f"{path}:{n}: 'answerable' must be true or false")
     return row
 
 
@@ -131,35 +139,72 @@ def interval(diff: list[float]) -> dict[str, Any]:
 def score(
     questions: list[Question], answers: dict[str, list[str]], embed: Callable[[list[str]], Any]
 ) -> dict[str, Any]:
-    """Per question and side: right and cosine; per side their summary; the paired differences with intervals."""
+    """Per question and side: right, declined, wrong (stated as fact) and cosine; per side their summary; the paired
+    differences with intervals."""
     refs = [q.answer for q in questions]
-    rights = {k: [right(a, q.answer, q.question) for a, q in zip(answers[k], questions, strict=True)] for k in SIDES}
+    verdicts = {k: [verdict(a, q) for a, q in zip(answers[k], questions, strict=True)] for k in SIDES}
+    rights = {k: [v == "right" for v in verdicts[k]] for k in SIDES}
+    wrongs = {k: [v == "wrong" for v in verdicts[k]] for k in SIDES}
     cosines = {k: cosine_scores(embed, answers[k], refs) for k in SIDES}
     per_question = [
         {
             "question": q.question,
             "reference": q.answer,
-            **{k: {"answer": answers[k][i], "right": rights[k][i], "cosine": round(cosines[k][i], 4)} for k in SIDES},
+            "answerable": q.answerable,
+            **{
+                k: {
+                    "answer": answers[k][i],
+                    "right": rights[k][i],
+                    "verdict": verdicts[k][i],
+                    "cosine": round(cosines[k][i], 4),
+                }
+                for k in SIDES
+            },
         }
         for i, q in enumerate(questions)
     ]
     cos_diff = [c - s for c, s in zip(cosines["candidate"], cosines["served"], strict=True)]
+    sides = {}
+    for k in SIDES:
+        n = len(questions)
+        shares = {v: round(sum(x == v for x in verdicts[k]) / n, 4) for v in ("declined", "wrong")}
+        sides[k] = summarize(cosines[k], rights[k]) | shares
     return {
         "n": len(questions),
-        "sides": {k: summarize(cosines[k], rights[k]) for k in SIDES},
-        "paired": {"right": paired_gain(rights["candidate"], rights["served"]), "cosine": interval(cos_diff)},
+        "sides": sides,
+        "paired": {
+            "right": paired_gain(rights["candidate"], rights["served"]),
+            "wrong": paired_gain(wrongs["candidate"], wrongs["served"]),
+            "cosine": interval(cos_diff),
+        },
         "per_question": per_question,
     }
 
 
+def verdict(answer: str, q: Question) -> str:
+    """right, declined or wrong (a wrong answer stated as if it were known)."""
+    said_no = declined(answer)
+    if not q.answerable:
+        return "right" if said_no else "wrong"
+    if right(answer, q.answer, q.question):
+        return "right"
+    return "declined" if said_no else "wrong"
+
+
 def decide(scores: dict[str, Any], margin: float) -> dict[str, Any]:
-    """Promote only if the lower bound of the paired right-answer gain's 95% interval is above `margin`."""
+    """Promote only if the lower bound of the paired right-answer gain's 95% interval is above `margin` and the
+    candidate does not state wrong answers more often (the lower bound of that difference not above zero)."""
     gain = scores["paired"]["right"]
     low, high = gain["ci95"]
     figures = f"right answers {gain['difference']:+.1%} [{low:+.1%}, {high:+.1%}] over {scores['n']} questions"
-    if low > margin:
-        return {"promote": True, "margin": margin, "reason": f"{figures}: the lower bound is above {margin:+.1%}"}
-    return {"promote": False, "margin": margin, "reason": f"{figures}: the lower bound is not above {margin:+.1%}"}
+    if low <= margin:
+        return {"promote": False, "margin": margin, "reason": f"{figures}: the lower bound is not above {margin:+.1%}"}
+    wrong = scores["paired"].get("wrong")
+    if wrong and wrong["ci95"][0] > 0:
+        w_low, w_high = wrong["ci95"]
+        more = f"wrong answers stated as fact {wrong['difference']:+.1%} [{w_low:+.1%}, {w_high:+.1%}]"
+        return {"promote": False, "margin": margin, "reason": f"{figures}, but {more}: more often wrong"}
+    return {"promote": True, "margin": margin, "reason": f"{figures}: the lower bound is above {margin:+.1%}"}
 
 
 def describe(side: Side) -> dict[str, Any]:

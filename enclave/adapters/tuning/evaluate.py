@@ -11,6 +11,7 @@ cosines and a Markdown report go into the adapter's metadata and folder.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -28,6 +29,14 @@ from enclave.core.stats import bootstrap_mean, wilson
 
 ACCEPT = 0.5
 RIGHT = 0.5  # share of the reference's key terms an answer must state
+# An answer that says it does not know, from the documents' wording or the model's own.
+DECLINES = re.compile(
+    r"(do(es)? not (say|mention|contain|cover|answer|provide|include)|not (mentioned|covered|stated|specified)|"
+    r"no (information|mention|documents about|record)|(could|can)( ?no|')t (find|say|tell)|won't guess|"
+    r"(do not|don't|do n't) (know|have (any |that |the )?(information|details|access|records?))|not sure|"
+    r"(unable|not able) to (find|say|tell|answer|provide)|is not in the (documents|passages))",
+    re.I,
+)
 
 
 def key_terms(reference: str, question: str) -> set[str]:
@@ -36,6 +45,11 @@ def key_terms(reference: str, question: str) -> set[str]:
 
     asked = {w.lower() for w in content_words(question)}
     return {w.lower() for w in content_words(reference)} - asked
+
+
+def declined(answer: str) -> bool:
+    """The answer says it does not know (a decline is neither right nor a confident wrong answer)."""
+    return bool(DECLINES.search(answer))
 
 
 def right(answer: str, reference: str, question: str) -> bool:
