@@ -2,8 +2,8 @@
 
 Fast tests use real LoRA adapters made with peft on the real small model, with random (untrained) weights: each
 answers differently from the base model and from the other, which is all that serving and swapping need to show.
-The gate's decision is checked on answers built at the evaluation seam, and once end to end on adapters really
-trained on right and on shuffled answers (marked slow).
+The gate's decision is checked on answers built at the evaluation seam; adapters really trained on people's
+corrections and on shuffled answers meet it end to end in tests/test_feedback_loop.py.
 """
 
 from __future__ import annotations
@@ -438,66 +438,6 @@ def test_a_running_server_swaps_in_a_promotion_and_a_rollback(random_adapters: d
     refusal = events[1]["figures"]
     assert refusal["questions"] == 4 and refusal["right"] == {"candidate": 0.0, "served": 0.0}
     assert refusal["against"] == "docs v1 (served)" and refusal["report"].endswith("gate_report.json")
-
-
-# ------------------------------------------------------------------------------------------------
-# End to end on adapters really trained: right answers are promoted, shuffled ones refused
-
-
-def code_name_pairs(answers: list[str]) -> list[Any]:
-    from enclave.adapters.tuning.dataset import QAPair
-
-    return [
-        QAPair(q.question, a, f"c{i}", "projects.md", "Projects", "test", "train")
-        for i, (q, a) in enumerate(zip(QUESTIONS, answers, strict=True))
-    ]
-
-
-@pytest.mark.slow
-def test_trained_on_right_answers_is_promoted_on_shuffled_ones_refused(tmp_path: Path) -> None:
-    """Held out: the same facts asked in other words. The base model knows no code name; an adapter trained on
-    the right answers states most of them and is promoted over it; one trained on the answers shuffled between the
-    projects states the wrong ones, and the gate keeps the first (measured: 75% vs 0%, then 8% vs 75%)."""
-    from enclave.adapters.tuning.dataset import save_pairs
-    from enclave.adapters.tuning.train import TrainConfig, train
-
-    config = TrainConfig(
-        rank=8,
-        alpha=16,
-        learning_rate=3e-3,
-        batch_size=4,
-        max_seq_tokens=96,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        max_steps=30,
-        epochs=1,
-    )
-
-    settings = settings_for(tmp_path)
-    answers = [q.answer for q in QUESTIONS]
-    held_out = [
-        Question(f"Which code name does project {p} go by?", q.answer)
-        for (p, _), q in zip(FACTS, QUESTIONS, strict=True)
-    ]
-    questions = questions_file(tmp_path / "held-out.jsonl", held_out)
-    for kind, taught in (("right", answers), ("shuffled", shuffled(answers))):
-        save_pairs(code_name_pairs(taught), tmp_path / f"{kind}.jsonl")
-
-    train(settings, "docs", tmp_path / "right.jsonl", config)
-    done = enclave(tmp_path, "adapters", "promote", "docs", "--questions", str(questions), "--max-tokens", "24")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "docs serves v1 (was its working copy)" in " ".join(done.stdout.split())
-    report = json.loads((tmp_path / "adapters" / ".served/docs/v1/gate_report.json").read_text())
-    assert report["served"]["label"] == "base model" and report["sides"]["served"]["right"] == 0.0
-    assert report["sides"]["candidate"]["right"] >= 0.5 and report["paired"]["right"]["ci95"][0] > 0
-
-    train(settings, "docs", tmp_path / "shuffled.jsonl", config)
-    done = enclave(tmp_path, "adapters", "promote", "docs", "--questions", str(questions), "--max-tokens", "24")
-    assert done.returncode == 1 and "refused" in done.stdout, done.stdout + done.stderr
-    assert ServedRecord(tmp_path / "adapters").read()["docs"]["version"] == "v1"
-    promoted, refused = ServedRecord(tmp_path / "adapters").history("docs")
-    assert (promoted["action"], refused["action"]) == ("promote", "refuse")
-    assert refused["figures"]["right"]["candidate"] < refused["figures"]["right"]["served"]
-    assert refused["figures"]["right_gain"]["ci95"][1] < 0, refused
 
 
 # ------------------------------------------------------------------------------------------------
