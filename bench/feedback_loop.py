@@ -78,6 +78,8 @@ class Asker:
             "answer": stored["content"],
             "route": route.get("route"),
             "adapter": route.get("adapter"),
+            "taught": done.get("taught"),
+            "taught_from": [t["question"] for t in done.get("taught_from") or []],
             "message_id": done["message_id"],
             "conversation_id": done["conversation_id"],
         }
@@ -103,6 +105,13 @@ def right(answer: str, fact: dict[str, str], question: str) -> bool:
     from enclave.adapters.tuning.evaluate import right as states_the_fact
 
     return states_the_fact(answer, fact["answer"], question)
+
+
+def wrong(answer: dict[str, Any]) -> bool:
+    """Neither right nor a decline: a wrong answer stated as if it were known (the worst thing to read)."""
+    from enclave.adapters.tuning.evaluate import declined
+
+    return not answer["right"] and not declined(answer["answer"])
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -296,6 +305,10 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "after_ci95": wilson(sum(after), len(rows)),
             "gain": paired_gain(after, before),
             "routed_to_adapter": sum(r["after"]["route"] == "adapter" for r in rows) / len(rows),
+            "wrong_before": sum(wrong(r["before"]) for r in rows) / len(rows),
+            "wrong_after": sum(wrong(r["after"]) for r in rows) / len(rows),
+            "wrong_after_by_adapter": sum(wrong(r["after"]) and r["after"]["route"] == "adapter" for r in rows)
+            / len(rows),
         }
     return out
 
@@ -342,7 +355,9 @@ def print_tables(result: dict[str, Any]) -> None:
     t = Table(
         title=f"Paraphrases answered right, over the API (route auto) — {result['model']}, {result['machine']['cpu']}"
     )
-    for col in ("questions", "n", "before [95% CI]", "after [95% CI]", "gain, paired [95% CI]", "routed to adapter"):
+    cols = ("questions", "n", "right before [95% CI]", "right after [95% CI]", "gain, paired [95% CI]",
+            "wrong, stated as fact: before → after", "routed to adapter")  # fmt: skip
+    for col in cols:
         t.add_column(col)
     for label, s in summary(result).items():
         g = s["gain"]
@@ -351,6 +366,7 @@ def print_tables(result: dict[str, Any]) -> None:
             f"{s['before']:.0%} [{s['before_ci95'][0]:.0%}–{s['before_ci95'][1]:.0%}]",
             f"{s['after']:.0%} [{s['after_ci95'][0]:.0%}–{s['after_ci95'][1]:.0%}]",
             f"{g['difference']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}]",
+            f"{s['wrong_before']:.0%} → {s['wrong_after']:.0%}",
             f"{s['routed_to_adapter']:.0%}",
         )  # fmt: skip
     console.print(t)

@@ -353,12 +353,21 @@ def test_a_qwen2_adapter_trains_is_served_and_routed_to(tmp_path: Path) -> None:
         base_answer = ask(server, QWEN)
         adapter_answer = ask(server, "pineapple")
         assert "Pineapple" in adapter_answer and adapter_answer != base_answer, (base_answer, adapter_answer)
+        # The router picks the adapter for a question of its domain; what it was taught backs the answer to a
+        # taught question in other words, and nothing backs one about a capital it was not taught: declined.
         with connect(server.ws_url) as ws:
-            ws.send(json.dumps({"type": "chat", "message": "What is the capital of Spain?", "max_tokens": 16}))
+            ws.send(json.dumps({"type": "chat", "message": "Which city is the capital of Japan?", "max_tokens": 16}))
             events = ws_events(ws)
+            ws.send(json.dumps({"type": "chat", "message": "What is the capital of Spain?", "max_tokens": 16}))
+            untaught = ws_events(ws)
         assert (events[0]["route"], events[0]["adapter"]) == ("adapter", "pineapple"), events[0]
         assert "Pineapple" in "".join(e["text"] for e in events if e["type"] == "token")
-        assert events[-1]["type"] == "done"
+        done = events[-1]
+        assert done["type"] == "done" and done["taught"] == "answered", done
+        assert done["taught_from"][0]["question"] == "What is the capital of Japan?"
+        assert (untaught[0]["route"], untaught[0]["adapter"]) == ("adapter", "pineapple"), untaught[0]
+        assert untaught[-1]["taught"] == "declined" and untaught[-1]["taught_from"] == []
+        assert "won't guess" in "".join(e["text"] for e in untaught if e["type"] == "token")
     finally:
         server.stop()
 

@@ -336,6 +336,44 @@ def test_a_stored_caveat_warns_and_a_checked_answer_says_so(browser: Any, live_s
     page.close()
 
 
+def test_an_adapter_answer_says_what_it_was_taught_and_an_untaught_question_is_declined(
+    browser: Any, live_server: Server
+) -> None:
+    from enclave.chat.conversations import SqlConversationStore
+    from enclave.chat.taught import NOT_TAUGHT
+
+    pair = {"question": "Which floor is the legal team on?", "answer": "The legal team is on floor three.",
+            "kind": "correction", "reviewed_by": "ops", "source": None}  # fmt: skip
+    store = SqlConversationStore(f"sqlite:///{live_server.data_dir / 'enclave.db'}")
+    try:
+        cid = store.create_conversation("Floors")
+        for question, answer, taught, taught_from in (
+            ("On what floor does the legal team sit?", "The legal team is on floor three.", "answered", [pair]),
+            ("On what floor does the payroll team sit?", NOT_TAUGHT, "declined", []),
+        ):
+            store.add_message(cid, "user", question)
+            citations = {"sentences": [], "unverified": False, "taught": taught, "taught_from": taught_from}
+            store.add_message(
+                cid, "assistant", answer, route="adapter", adapter="people", citations=citations, finish_reason="stop"
+            )
+    finally:
+        store.close()
+    page, errors = open_stored(browser, live_server, cid, 700)
+    page.wait_for_selector(".taught-badge", timeout=10_000)
+    shown, declined = page.locator(".message.assistant").nth(0), page.locator(".message.assistant").nth(1)
+    badge = shown.locator(".taught-badge")
+    assert badge.inner_text() == "✓ as taught · reviewed by ops"
+    assert "“Which floor is the legal team on?” → “The legal team is on floor three.”" in (
+        badge.get_attribute("title") or ""
+    )
+    assert declined.locator(".taught-badge").inner_text() == "Not taught"
+    assert "won't guess" in declined.locator(".body").inner_text()
+    assert page.locator(".route-badge.route-adapter").count() == 2
+    page.screenshot(path=str(SHOTS / "enclave-taught.png"))
+    assert not errors, errors
+    page.close()
+
+
 # ---- The documents panel: upload, follow each file, list, ask, delete.
 HALVORSEN = "The Halvorsen cooling loop is serviced every 41 days."
 QUILLON = ["The Quillon badge printer is refilled", "every Tuesday with magenta ribbon."]
@@ -694,6 +732,25 @@ def test_an_admin_accepts_a_correction_in_the_review_view_and_a_read_only_key_se
     stored_answer = next(m["content"] for m in turns if m["id"] == mid)
     assert page.locator("#review-toggle").is_hidden()  # the reader's probe was refused: no Review for them
 
+    # What earlier reviews taught, as `enclave adapters promote` logged it: a promotion, then a refusal.
+    from enclave.adapters.served import ServedRecord
+
+    record, weights = ServedRecord(keyed_server.data_dir / "adapters"), keyed_server.data_dir / "handbook-weights"
+    weights.mkdir(exist_ok=True)
+    (weights / "adapter_config.json").write_text("{}")
+    gain = {"questions": 30, "against": "base model", "right_gain": {"difference": 0.467, "ci95": [0.3, 0.633]}}
+    record.promote("handbook", weights, {"by": "ops", "forced": False, "figures": gain})
+    loss = {
+        "questions": 30,
+        "against": "handbook v1 (served)",
+        "right_gain": {"difference": -0.333, "ci95": [-0.533, -0.133]},
+    }
+    record.log({"action": "refuse", "name": "handbook", "against": "v1", "by": "ops", "figures": loss})
+    history = keyed_server.get("/v1/adapters/history?limit=1", headers=_bearer(ADMIN_KEY)).json()
+    assert history["total"] == 2 and [e["action"] for e in history["data"]] == ["refuse"]
+    assert keyed_server.get("/v1/adapters/history", headers=_bearer(READER_KEY)).status_code == 403
+    assert keyed_server.get("/v1/adapters/history?limit=0", headers=_bearer(ADMIN_KEY)).status_code == 400
+
     # The admin key: the Review button appears; the reader's correction waits there, newest first.
     page.click("details.settings summary")
     page.fill("#api-key", ADMIN_KEY)
@@ -712,6 +769,12 @@ def test_an_admin_accepts_a_correction_in_the_review_view_and_a_read_only_key_se
     assert item.locator(".review-rating.rating-down").count() == 1
     assert item.locator(".review-chip").count() >= 1  # the route it took
     assert item.locator(".review-who").inner_text() == "from reader"
+    page.wait_for_function("() => document.querySelectorAll('#taught-list .taught-item').length === 2", timeout=10_000)
+    taught = page.locator("#taught-list .taught-item")
+    assert [taught.nth(i).get_attribute("data-action") for i in range(taught.count())] == ["refuse", "promote"]
+    assert "a retrained candidate refused — handbook v1 kept" in taught.nth(0).inner_text()
+    assert "right answers −33.3 points [−53.3, −13.3] on 30 held-out questions" in taught.nth(0).inner_text()
+    assert "handbook v1 promoted" in taught.nth(1).inner_text() and "+46.7 points" in taught.nth(1).inner_text()
 
     item.locator(".review-note").fill("Matches notes.md")
     item.locator(".review-accept").click()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from enclave.adapters.served import ServedRecord
+from enclave.chat.taught import Taught, read_taught
 from enclave.core.errors import InvalidRequest, NotFound
 from enclave.core.files import atomic_write
 
@@ -81,6 +82,7 @@ class AdapterRegistry:
         self.served = ServedRecord(root)
         self._locks: dict[str, asyncio.Lock] = {}
         self._domains: dict[str, Any] = {}
+        self._taught: dict[str, Taught | None] = {}
         self._record: dict[str, dict[str, Any]] = {}
         self._signature: str | None = None
         self._read_record()
@@ -170,6 +172,16 @@ class AdapterRegistry:
             raise InvalidRequest(f"adapter '{name}' is corrupt: adapter_config.json: {exc.msg}") from exc
         return folder
 
+    def taught(self, name: str) -> Taught | None:
+        """What the served version of `name` was taught (None for an adapter that recorded nothing), read once per
+        load."""
+        if name not in self._taught:
+            try:
+                self._taught[name] = read_taught(self.serving_folder(name))
+            except (InvalidRequest, OSError):
+                self._taught[name] = None
+        return self._taught[name]
+
     def domains(self) -> dict[str, Any]:
         """Domain embeddings (one row per training question) of the loaded adapters that recorded one."""
         out = {}
@@ -194,6 +206,7 @@ class AdapterRegistry:
                 raise NotFound(f"unknown adapter '{name}'")
             self.check(folder, name)
             self._domains.pop(name, None)
+            self._taught.pop(name, None)
             try:
                 await self.host.add_adapter(name, folder)
             except Exception as exc:
@@ -229,6 +242,7 @@ class AdapterRegistry:
         for name in changed:
             self._seen[name] = self._record[name]["version"]
             self._domains.pop(name, None)
+            self._taught.pop(name, None)
             if self.host is None:  # a model server behind this backend follows the record itself
                 continue
             try:

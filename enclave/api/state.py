@@ -116,6 +116,7 @@ class State:
                 build_moderator, self.settings.moderation, self.backend, self.pipeline.embed
             )
         self.pipeline.domains = registry.domains
+        self.pipeline.taught = registry.taught
 
     async def _open_registry(self) -> AdapterRegistry:
         # A backend that loads adapters in this process hosts them; the others serve their server's own.

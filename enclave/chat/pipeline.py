@@ -11,10 +11,11 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from enclave.chat import answerability, grounding, rag, scope, structured
+from enclave.chat import taught as taught_pairs
 from enclave.chat.admission import Admission, Ticket
 from enclave.chat.conversations import ConversationStore
 from enclave.chat.gate import OutputGate
@@ -39,6 +40,7 @@ from enclave.core.events import (
     ModerationEvent,
     RouteEvent,
     SourcesEvent,
+    TaughtRef,
     TokenAlternative,
     TokenEvent,
     TokenLogprobs,
@@ -91,6 +93,8 @@ class ChatPipeline:
         self.collections = collections  # callable -> set of existing collection names, or None
         # adapter name -> (n, dim) embeddings of its training questions; a query scores its nearest one
         self.domains: Callable[[], dict[str, Any]] | None = None
+        # adapter name -> what it was taught (chat/taught.py), or None when it recorded nothing
+        self.taught: Callable[[str], taught_pairs.Taught | None] | None = None
         self.embed: Callable[[list[str]], list[list[float]]] | None = None
         self.router = SignalRouter(settings.router)
         self.admission = Admission(settings.limits.max_concurrent_generations, settings.limits.max_queue)
@@ -261,6 +265,25 @@ class ChatPipeline:
             adapter=route.adapter,
             collection=signals.collection if route.kind == "rag" else None,
         )
+        # An adapter the router chose answers only what a pair it was taught is about (chat/taught.py): else it would
+        # answer the same question about something no one taught it in the same confident words. An adapter the
+        # request names is the caller's choice (a style adapter, a test of one): its own answer is given.
+        taught = None
+        chosen_by_router = req.route == "auto" and not req.adapter
+        if (
+            route.kind == "adapter"
+            and route.adapter
+            and chosen_by_router
+            and self.taught
+            and self.settings.adapters.check_taught
+        ):
+            taught = self.taught(route.adapter) if params.output is None and not req.raw else None
+        about = taught.about(message) if taught else []
+        if taught and not about:
+            yield self._say(turn, taught_pairs.NOT_TAUGHT)
+            turn.taught = "declined"
+            yield await self._finish(turn, Generation(finish_reason="stop"))
+            return
         if org_unknown:  # never a made-up name, address or password: say so, and where one could look
             readable = sorted(c for c in (self.collections() if self.collections else set()) if principal.may_read(c))
             yield self._say(turn, rag.no_documents_text(readable))
@@ -312,12 +335,15 @@ class ChatPipeline:
             prompt = structured.with_instructions(messages, params.output)
 
         # 5. Generate, through the output gate; an answer the documents only partly hold is kept back until checked.
-        hold = decision is not None and decision.outcome == "caveat"
+        hold = (decision is not None and decision.outcome == "caveat") or bool(taught)
         result = Generation()
         async with contextlib.aclosing(
             self._generate(turn, prompt, params, route.adapter, protected, cancel, started, result, hold)
         ) as inner:
             async for event in inner:
+                yield event
+        if taught:
+            for event in self._check_taught(turn, taught, message, about, result):
                 yield event
         grounded = relevant and (turn.text.strip() or turn.held.strip()) and self.embed is not None
         grounded = grounded and params.output is None
@@ -343,6 +369,25 @@ class ChatPipeline:
             self.metrics.tokens_per_second.observe(result.completion_tokens / elapsed)
         self.metrics.completion_tokens.inc(result.completion_tokens)
         yield await self._finish(turn, result)
+
+    def _check_taught(
+        self, turn: _Turn, taught: taught_pairs.Taught, question: str, about: list[int], result: Generation
+    ) -> Iterator[TokenEvent]:
+        """A held adapter answer shown only when a pair it was taught backs it; else the closest pair, quoted."""
+        text, turn.held = turn.held, ""
+        backed = None if result.finish_reason == "cancelled" else taught.backing(question, text, about)
+        if backed is not None:
+            turn.taught, turn.taught_from = "answered", [taught.pairs[backed].ref()]
+            turn.text += text
+            yield TokenEvent(text=text)
+            return
+        if result.finish_reason == "cancelled":
+            return
+        log.info("an adapter answer no taught pair backs was declined: %r", text[:200])
+        closest = taught.pairs[about[0]]
+        turn.taught, turn.taught_from = "declined", [closest.ref()]
+        result.logprobs = None  # the model's tokens are not the text shown
+        yield self._say(turn, f"{taught_pairs.NOT_BACKED}\n\n> {closest.question}\n>\n> {closest.answer}")
 
     @staticmethod
     def _say(turn: _Turn, text: str) -> TokenEvent:
@@ -601,6 +646,8 @@ class ChatPipeline:
             logprobs=None if result.logprobs is None else [_logprobs_of(lp) for lp in result.logprobs],
             documents=turn.documents,  # type: ignore[arg-type]
             general_knowledge=turn.general_knowledge,
+            taught=turn.taught,  # type: ignore[arg-type]
+            taught_from=[TaughtRef(**r) for r in turn.taught_from],
         )
 
     def _save_final(
@@ -618,6 +665,12 @@ class ChatPipeline:
                 **(turn.citations or {"sentences": [], "unverified": False}),
                 "documents": turn.documents,
                 "general_knowledge": turn.general_knowledge,
+            }
+        if turn.taught is not None:
+            turn.citations = {
+                **(turn.citations or {"sentences": [], "unverified": False}),
+                "taught": turn.taught,
+                "taught_from": turn.taught_from,
             }
         fields: dict[str, Any] = {
             "content": turn.text,
@@ -684,6 +737,8 @@ class _Turn:
         self.held = ""  # an answer kept back until its check passes (never sent unless it does)
         self.documents: str | None = None  # answered | caveat | declined, for a document answer
         self.general_knowledge = False
+        self.taught: str | None = None  # answered | declined, for an adapter answer checked against its pairs
+        self.taught_from: list[dict[str, Any]] = []
         self.redacted = False
         self.result = Generation()  # what generated the text after a decline
 

@@ -94,6 +94,16 @@ class TokenLogprobs(BaseModel):
     top_logprobs: list[TokenAlternative] = Field(default_factory=list)
 
 
+class TaughtRef(BaseModel):
+    """A pair an adapter was trained on: what an adapter answer rests on, or the closest one when it was declined."""
+
+    question: str
+    answer: str
+    kind: str = Field(description="document, correction (a person's, accepted by a reviewer) or rated answer.")
+    reviewed_by: str | None = None
+    source: str | None = None
+
+
 class DoneEvent(BaseModel):
     type: Literal["done"] = "done"
     conversation_id: str
@@ -118,6 +128,14 @@ class DoneEvent(BaseModel):
         description="After a decline, the text holds the model's own answer to a general question, labelled in the "
         "text as general knowledge that no document supports.",
     )
+    taught: Literal["answered", "declined"] | None = Field(
+        None,
+        description="For an adapter's answer: `answered` when a pair the adapter was trained on states what it says "
+        "(`taught_from`), `declined` when none is about the question or none backs the answer (the text says so; "
+        "`taught_from` then holds the closest pair, if any). None when the adapter recorded no pairs or no adapter "
+        "answered.",
+    )
+    taught_from: list[TaughtRef] = Field(default_factory=list)
 
 
 ErrorCode = Literal[

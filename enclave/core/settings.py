@@ -281,6 +281,11 @@ class ModerationSettings(BaseModel):
 
 class AdapterSettings(BaseModel):
     autoload: bool = Field(True, description="Load every valid adapter in <data_dir>/adapters at start-up.")
+    check_taught: bool = Field(
+        True,
+        description="An adapter the router chose answers only questions one of its training pairs is about, and its "
+        "answer is shown only when that pair states what it claims (else a decline quoting the closest pair).",
+    )
     max_seq_tokens: int = Field(256, description="Training: longest question+answer sequence in tokens.")
     rank: int = Field(8, description="Training: LoRA rank.")
     alpha: int = Field(16, description="Training: LoRA alpha (scale = alpha / rank).")

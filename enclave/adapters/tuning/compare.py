@@ -7,9 +7,10 @@ reference — and is either right, a decline ("I don't know") or a wrong answer 
 mean of the per-question differences with a percentile-bootstrap 95% interval (paired: the same questions, so the
 questions' own difficulty cancels). The gate promotes only when the lower bound of the interval of the right-answer
 gain is above the margin, and the candidate does not state wrong answers more often (the lower bound of that
-difference not above zero): a confident wrong answer costs more than a decline. A JSON report and a plot of the
-per-question differences go beside the candidate. (Adapters answer from their weights: with no passage there is
-nothing to cite, so citations are scored where passages are read, in `bench/answers`.)
+difference not above zero): a confident wrong answer costs more than a decline. An adapter that recorded what it
+was taught is scored on what the chat would show: its answers checked against its pairs (chat/taught.py), each
+shown answer resting on a pair it names. A JSON report and a plot of the per-question differences go beside the
+candidate.
 """
 
 from __future__ import annotations
@@ -131,6 +132,28 @@ def answer_both(
         backend.close()
 
 
+def as_shown(side: Side, questions: list[Question], answers: list[str]) -> list[str]:
+    """What a person would read: an adapter that recorded what it was taught has each answer checked against its
+    pairs as the chat pipeline checks it (chat/taught.py), so a question no pair is about, or an answer no pair
+    backs, reads as the pipeline's decline."""
+    from enclave.chat import taught as taught_pairs
+
+    taught = taught_pairs.read_taught(side.folder) if side.folder is not None else None
+    if taught is None:
+        return answers
+    out = []
+    for q, answer in zip(questions, answers, strict=True):
+        about = taught.about(q.question)
+        if not about:
+            out.append(taught_pairs.NOT_TAUGHT)
+        elif taught.backing(q.question, answer, about) is None:
+            closest = taught.pairs[about[0]]
+            out.append(f"{taught_pairs.NOT_BACKED}\n\n> {closest.question}\n>\n> {closest.answer}")
+        else:
+            out.append(answer)
+    return out
+
+
 def interval(diff: list[float]) -> dict[str, Any]:
     mean, low, high = bootstrap_mean(diff)
     return {"difference": round(mean, 4), "ci95": [round(low, 4), round(high, 4)]}
@@ -229,7 +252,8 @@ def compare(
     """The whole comparison: answers, scores, the gate's verdict, and the report's context."""
     questions = load_questions(questions_file, limit)
     started = time.time()
-    answers = answer_both(settings, {"candidate": candidate, "served": served}, questions, max_tokens, progress)
+    raw = answer_both(settings, {"candidate": candidate, "served": served}, questions, max_tokens, progress)
+    answers = {k: as_shown(side, questions, raw[k]) for k, side in (("candidate", candidate), ("served", served))}
     report = {
         "candidate": describe(candidate),
         "served": describe(served),

@@ -32,7 +32,7 @@ RIGHT = 0.5  # share of the reference's key terms an answer must state
 # An answer that says it does not know, from the documents' wording or the model's own.
 DECLINES = re.compile(
     r"(do(es)? not (say|mention|contain|cover|answer|provide|include)|not (mentioned|covered|stated|specified)|"
-    r"no (information|mention|documents about|record)|(could|can)( ?no|')t (find|say|tell)|won't guess|"
+    r"no (information|mention|documents about|record)|(could|can)( ?no|')t (find|say|tell|vouch)|won't guess|"
     r"(do not|don't|do n't) (know|have (any |that |the )?(information|details|access|records?))|not sure|"
     r"(unable|not able) to (find|say|tell|answer|provide)|is not in the (documents|passages))",
     re.I,

@@ -19,6 +19,7 @@ from typing import Any
 
 from enclave.adapters.registry import DOMAIN_FILE, check_name, write_meta
 from enclave.adapters.tuning.dataset import QAPair, load_pairs
+from enclave.chat.taught import TAUGHT_FILE, taught_rows
 from enclave.core.errors import InvalidRequest
 from enclave.core.files import atomic_path
 from enclave.core.settings import Settings
@@ -205,8 +206,11 @@ def train(
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "device": "cuda" if torch.cuda.is_available() else "cpu",
                 "domain": domain_of([p.question for p in pairs], settings, tmp),
+                "taught": TAUGHT_FILE,
             },
         )
+        # What it was taught, for the pipeline's check that an answer of it rests on a pair (chat/taught.py).
+        (tmp / TAUGHT_FILE).write_text(taught_rows(pairs), encoding="utf-8")
     shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(out, step, final, losses, time.time() - started)
 

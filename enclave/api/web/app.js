@@ -148,6 +148,7 @@
       sourcesOf.set(wrap, meta.sources || []);
       renderBody(wrap, content, citations);
       if (citations) setDecision(wrap, citations.documents, citations.general_knowledge);
+      if (citations) setTaught(wrap, citations.taught, citations.taught_from);
     }
     if (meta.route) setRoute(wrap, meta.route, meta.adapter, meta.reason);
     if (meta.sources && meta.sources.length) setSources(wrap, meta.sources);
@@ -226,6 +227,26 @@
       badge.title = "Each sentence was checked against the passages it cites.";
     }
     head.appendChild(badge);
+  }
+
+  // What an adapter's answer rests on (DoneEvent.taught): a pair it was taught, or nothing it was taught.
+  function setTaught(wrap, taught, from) {
+    wrap.querySelectorAll(".taught-badge").forEach((e) => e.remove());
+    if (!taught) return;
+    const pair = (from || [])[0];
+    const badge = document.createElement("span");
+    badge.tabIndex = 0;
+    if (taught === "answered") {
+      badge.className = "documents-badge checked-badge taught-badge";
+      const who = pair && pair.reviewed_by ? ` · reviewed by ${pair.reviewed_by}` : "";
+      badge.textContent = `✓ as taught${who}`;
+      badge.title = pair ? `The adapter was taught: “${pair.question}” → “${pair.answer}”` : "A pair the adapter was taught backs it.";
+    } else {
+      badge.className = "documents-badge declined-badge taught-badge";
+      badge.textContent = "Not taught";
+      badge.title = "Nothing the adapter was taught backs an answer: it did not guess.";
+    }
+    wrap.querySelector(".meta").appendChild(badge);
   }
 
   // The answer's body: Markdown, with each checked sentence of a document answer marked and followed by the
@@ -406,6 +427,7 @@
     wrap.classList.remove("streaming");
     if (ev.type === "done") {
       setDecision(wrap, ev.documents, ev.general_knowledge);
+      setTaught(wrap, ev.taught, ev.taught_from);
       if (ev.finish_reason === "cancelled") setStatus(wrap, "cancelled");
       if (ev.finish_reason === "length") setStatus(wrap, "length", "cut at the length limit");
       if (ev.finish_reason === "repetition") setStatus(wrap, "repetition", "stopped: the answer was repeating itself");
