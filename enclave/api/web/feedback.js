@@ -222,7 +222,7 @@
   const rv = {
     toggle: $("#review-toggle"), view: $("#review-view"), rating: $("#review-rating"), state: $("#review-state"),
     refresh: $("#review-refresh"), notice: $("#review-notice"), count: $("#review-count"), list: $("#review-list"),
-    chat: $("#chat"),
+    chat: $("#chat"), taught: $("#review-taught"), taughtList: $("#taught-list"),
   };
   let loading = 0;
 
@@ -261,6 +261,37 @@
     rv.list.replaceChildren(...items.map(reviewItem));
     const state = rv.state.value || "in any state";
     rv.count.textContent = items.length ? `${items.length} ${state}` : `Nothing ${state} to review.`;
+    loadTaught();
+  }
+
+  // ---- what the reviews led to: the gate's latest decisions
+  const points = (x) => `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(1)}`;
+  function gainText(f) {
+    const g = f && f.right_gain;
+    if (!g) return "";
+    return `right answers ${points(g.difference)} points [${points(g.ci95[0])}, ${points(g.ci95[1])}] ` +
+      `on ${f.questions} held-out questions against ${f.against}`;
+  }
+  function taughtItem(e) {
+    const li = el("li", "taught-item");
+    li.dataset.action = e.action;
+    const what = {
+      promote: e.forced ? `${e.name} ${e.version} served without a comparison (forced)` : `${e.name} ${e.version} promoted`,
+      refuse: `${e.name}: a retrained candidate refused — ${e.name} ${e.against || "the served one"} kept`,
+      rollback: `${e.name} rolled back to ${e.version}`,
+    }[e.action] || `${e.name}: ${e.action}`;
+    li.append(el("span", `taught-action taught-${e.action}`, what));
+    const figures = gainText(e.figures);
+    if (figures) li.append(el("span", "taught-figures", figures));
+    const who = el("span", "taught-who", e.by ? ` by ${e.by}` : "");
+    li.append(timeEl(e.at), who);
+    return li;
+  }
+  async function loadTaught() {
+    const r = await request("GET", "/v1/adapters/history?limit=5");
+    const events = r.ok ? r.body.data || [] : [];
+    rv.taught.hidden = !events.length;
+    rv.taughtList.replaceChildren(...events.map(taughtItem));
   }
 
   function block(cls, label, content) {
