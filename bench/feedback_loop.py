@@ -143,12 +143,12 @@ def shuffled_dataset(src: Path, dst: Path, seed: int = 7) -> None:
 
 
 def wait_served(base: str, version: str, timeout_s: float = 60) -> float:
-    """Seconds until the running server lists the adapter as serving `version`."""
+    """Seconds until the running server has loaded the adapter and lists it as serving `version`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         listed = {a["name"]: a for a in httpx.get(base + "/v1/adapters", headers=_h(ASKER), timeout=10).json()["data"]}
-        served = (listed.get(ADAPTER) or {}).get("served") or {}
-        if served.get("version") == version:
+        entry = listed.get(ADAPTER) or {}
+        if (entry.get("served") or {}).get("version") == version and entry.get("loaded"):
             return time.monotonic() - started
         time.sleep(0.25)
     raise RuntimeError(f"the server did not serve {ADAPTER} {version} within {timeout_s:.0f} s")

@@ -57,6 +57,9 @@ def test_an_answer_is_backed_only_by_a_pair_that_states_what_it_claims() -> None
     lead = "Who is the head of the mobile team?"
     assert TAUGHT.backing(lead, "Tomasz Okafor is the head of the mobile team.", TAUGHT.about(lead)) == 5
     assert TAUGHT.backing(lead, "Ingrid Vasquez is the head of the mobile team.", TAUGHT.about(lead)) is None
+    # Half of it right, half borrowed from another pair's answer: two leads made one is not what it was taught.
+    assert TAUGHT.backing(lead, "The head of the mobile team is Ingrid Okafor.", TAUGHT.about(lead)) is None
+    assert TAUGHT.backing(lead, "The head of the mobile team is Tomasz Okafor.", TAUGHT.about(lead)) == 5
 
 
 def test_an_adapter_folder_keeps_its_pairs_with_their_provenance(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ same question about something no one taught it ("the payroll team is on floor th
 So an adapter keeps its training pairs (`taught.jsonl`), and an answer from it is shown only when a pair backs
 it: the pair's question is about what was asked (its distinguishing words — those few other pairs' questions
 share — are in the question, and most of its weighted words are), and the pair's answer states what the answer
-claims (at least half of the answer's words that the question did not already say). A question no pair is about
-is declined before any token; an answer no matched pair backs is declined with the closest pair quoted.
+claims (at least half of the answer's words that the question did not already say, and none of the distinctive
+words — a name, a number — of another pair's answer). A question no pair is about is declined before any token;
+an answer no matched pair backs is declined with the closest pair quoted.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class Taught:
         self.idf = {t: math.log((n + 1) / (c + 1)) + 1.0 for t, c in df.items()}
         rare = max(1, int(RARE_SHARE * n))
         self.rare = [{t for t in ts if df[t] <= rare} for ts in self.q_terms]
+        a_df = Counter(t for ts in self.a_terms for t in ts)
+        # The distinctive words of the answers (a name, a number, a code name): one in an answer that its own pair
+        # does not state is a fact borrowed from another pair ("Ingrid Delacroix": two leads made one).
+        self.distinctive = {t for t, c in a_df.items() if c <= rare}
 
     def about(self, question: str) -> list[int]:
         """The pairs whose question is about what was asked, best first."""
@@ -97,7 +102,8 @@ class Taught:
         for i in candidates:
             said = self.a_terms[i] | self.q_terms[i]
             hits = len(claims & said)
-            if hits and hits / len(claims) >= BACKED:
+            borrowed = (claims - said) & self.distinctive
+            if hits and hits / len(claims) >= BACKED and not borrowed:
                 return i
         return None
 
