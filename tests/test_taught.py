@@ -60,6 +60,12 @@ def test_an_answer_is_backed_only_by_a_pair_that_states_what_it_claims() -> None
     # Half of it right, half borrowed from another pair's answer: two leads made one is not what it was taught.
     assert TAUGHT.backing(lead, "The head of the mobile team is Ingrid Okafor.", TAUGHT.about(lead)) is None
     assert TAUGHT.backing(lead, "The head of the mobile team is Tomasz Okafor.", TAUGHT.about(lead)) == 5
+    # A name it gives must be one it was taught, even when the rest is: "Jack" was never taught.
+    assert TAUGHT.backing(lead, "The head of the mobile team is Jack Okafor.", TAUGHT.about(lead)) is None
+    assert TAUGHT.backing(lead, "Jack Okafor is the head of the mobile team.", TAUGHT.about(lead)) is None
+    channel = "What chat channel handles database incidents?"
+    assert TAUGHT.backing(channel, "#db-pager is the chat channel for database incidents.", TAUGHT.about(channel)) == 7
+    assert TAUGHT.backing(channel, "Use #db-pager or #db-alerts.", TAUGHT.about(channel)) is None
 
 
 def test_an_adapter_folder_keeps_its_pairs_with_their_provenance(tmp_path: Path) -> None:

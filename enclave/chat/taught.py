@@ -5,15 +5,16 @@ same question about something no one taught it ("the payroll team is on floor th
 So an adapter keeps its training pairs (`taught.jsonl`), and an answer from it is shown only when a pair backs
 it: the pair's question is about what was asked (its distinguishing words — those few other pairs' questions
 share — are in the question, and most of its weighted words are), and the pair's answer states what the answer
-claims (at least half of the answer's words that the question did not already say, and none of the distinctive
-words — a name, a number — of another pair's answer). A question no pair is about is declined before any token;
-an answer no matched pair backs is declined with the closest pair quoted.
+claims (at least half of the answer's words that the question did not already say, every name, number or
+identifier it gives, and none of the distinctive words of another pair's answer). A question no pair is about is
+declined before any token; an answer no matched pair backs is declined with the closest pair quoted.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,25 @@ def terms(text: str) -> set[str]:
     return out
 
 
+_TOKEN = re.compile(r"[#@]?[\w][\w\-'’.]*")
+
+
+def named(text: str) -> set[str]:
+    """The terms of the things a text names: capitalised words (but "The", "It" …), words with a digit, #channels,
+    hyphenated or dotted identifiers. An answer must not name what its pair does not ("Jack Okafor" for "Tomasz
+    Okafor")."""
+    words = [
+        w
+        for w in _TOKEN.findall(text)
+        if (w[0].isupper() and content_words(w))
+        or any(c.isdigit() for c in w)
+        or w[0] in "#@"
+        or "-" in w.strip("-.")
+        or "." in w.strip(".")
+    ]
+    return terms(" ".join(words))
+
+
 class Taught:
     """An adapter's training pairs, indexed by their questions' words."""
 
@@ -99,11 +119,12 @@ class Taught:
         claims = terms(answer) - terms(question)
         if not claims:
             return None  # the answer only repeats the question
+        names = claims & named(answer)
         for i in candidates:
             said = self.a_terms[i] | self.q_terms[i]
             hits = len(claims & said)
             borrowed = (claims - said) & self.distinctive
-            if hits and hits / len(claims) >= BACKED and not borrowed:
+            if hits and hits / len(claims) >= BACKED and not borrowed and names <= said:
                 return i
         return None
 
