@@ -35,6 +35,7 @@ import httpx
 
 from bench.load import start_serve, stop_serve
 from bench.machine import cpu_model
+from enclave.core.settings import DEFAULT_BASE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = ROOT / "bench" / "data" / "feedback_loop.jsonl"
@@ -264,7 +265,7 @@ def run(
     for row in rows:
         row["split"] = splits.get(row["question"], "none")  # eval: its conversation held out of training
     return {
-        "model": base_model or "default",
+        "model": base_model or DEFAULT_BASE_MODEL,
         "steps": steps,
         "max_tokens": max_tokens,
         "facts": len(facts),
@@ -313,34 +314,54 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+KINDS = (  # what the asker read, from best to worst, and its colour
+    ("answered right", "#3a9a5b"),
+    ("declined, the taught pair quoted", "#8cc9a0"),
+    ("declined", "#b8c2cc"),
+    ("wrong, stated as fact", "#d0554a"),
+)
+
+
+def kind_of(answer: dict[str, Any]) -> str:
+    if wrong(answer):
+        return "wrong, stated as fact"
+    if answer["right"]:
+        return "declined, the taught pair quoted" if answer.get("taught") == "declined" else "answered right"
+    return "declined"
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Per topic: paraphrases answered right before and after, and the gate's two verdicts."""
+    """Per topic, before and after: what the asker read — right, a decline quoting the pair, a decline, wrong."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     topics = sorted({r["topic"] for r in result["rows"]})
-    by_topic = {t: [r for r in result["rows"] if r["topic"] == t] for t in topics}
-    share = {
-        k: [sum(r[k]["right"] for r in by_topic[t]) / len(by_topic[t]) for t in topics] for k in ("before", "after")
-    }
-    fig, ax = plt.subplots(figsize=(7.2, 3.6))
-    xs = range(len(topics))
-    ax.bar([x - 0.2 for x in xs], share["before"], width=0.4, color="#9aa3ad", label="before (served: base model)")
-    ax.bar([x + 0.2 for x in xs], share["after"], width=0.4, color="#3a9a5b", label="after the promoted adapter")
-    ax.set_xticks(list(xs), topics, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("paraphrases answered right")
+    fig, ax = plt.subplots(figsize=(8.4, 3.8))
+    for t_i, topic in enumerate(topics):
+        rows = [r for r in result["rows"] if r["topic"] == topic]
+        for offset, when in ((-0.21, "before"), (0.21, "after")):
+            bottom = 0.0
+            for kind, colour in KINDS:
+                share = sum(kind_of(r[when]) == kind for r in rows) / len(rows)
+                ax.bar(t_i + offset, share, width=0.38, bottom=bottom, color=colour, edgecolor="white", linewidth=0.5)
+                bottom += share
+            ax.text(t_i + offset, 1.02, when, ha="center", fontsize=7)
+    ax.set_xticks(range(len(topics)), topics, fontsize=8)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("share of the paraphrases")
     s = summary(result)["all"]
     g = s["gain"]
     minutes = result["timings"]["retrain_s"] / 60
     ax.set_title(
         f"{result['model']}: {result['corrections']} corrections, retrain {minutes:.1f} min; right {s['before']:.0%} "
-        f"→ {s['after']:.0%} ({g['difference']:+.0%} [{g['ci95'][0]:+.0%}, {g['ci95'][1]:+.0%}])",
+        f"→ {s['after']:.0%} ({g['difference']:+.0%} [{g['ci95'][0]:+.0%}, {g['ci95'][1]:+.0%}]), "
+        f"wrong {s['wrong_before']:.0%} → {s['wrong_after']:.0%}",
         fontsize=9,
     )
-    ax.legend(fontsize=7, loc="upper left")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for _, c in KINDS]
+    ax.legend(handles, [k for k, _ in KINDS], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
