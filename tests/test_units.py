@@ -163,3 +163,15 @@ def test_engine_slot_policy_keeps_valuable_caches() -> None:
     # A cache made with another adapter is never reused.
     slot, keep = engine._pick_slot(engine._slots, [1, 2, 3, *system, 9], key=1)
     assert keep == 0
+
+
+def test_one_model_cache_whatever_the_data_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make setup`, `make run` (data/), a test server's own data dir and the benchmarks find the same models."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("ENCLAVE_MODELS__CACHE_DIR", raising=False)
+    one, other = Settings(data_dir=str(tmp_path / "a")), Settings(data_dir=str(tmp_path / "b"))
+    assert one.model_cache_path == other.model_cache_path == tmp_path / "xdg" / "enclave" / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert Settings().model_cache_path == Path.home() / ".cache" / "enclave" / "models"
+    chosen = Settings(models={"cache_dir": str(tmp_path / "image")})  # type: ignore[arg-type]
+    assert chosen.model_cache_path == tmp_path / "image"  # the image and the chart name theirs

@@ -29,6 +29,12 @@ DEFAULT_LOOP_GUARD = True
 DEFAULT_BASE_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
+def default_model_cache() -> Path:
+    """One model cache per user, as pip's and the llama.cpp wheel's: `make setup`, `make run`, the tests and the
+    benchmarks all find the same copy, whatever data directory they use."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "enclave" / "models"
+
+
 class ModelSettings(BaseModel):
     backend: Literal["local", "tgi", "openai", "echo"] = Field(
         "local",
@@ -54,8 +60,9 @@ class ModelSettings(BaseModel):
     )
     cache_dir: str | None = Field(
         None,
-        description="Where the GGUF is converted once to safetensors so later starts take a second; "
-        "default: <data_dir>/models.",
+        description="Where models are assembled from their PyPI parts, checked and re-encoded once (GGUF, its "
+        "safetensors for training, the embedder's ONNX), shared by setup, serving, tests and benchmarks; "
+        "default: $XDG_CACHE_HOME/enclave/models (~/.cache/enclave/models).",
     )
     engine: Literal["auto", "llama_cpp", "transformers"] = Field(
         "auto",
@@ -314,7 +321,7 @@ class IngestSettings(BaseModel):
     max_rows: int = Field(1_000_000, description="Spreadsheet rows per file; a larger sheet is refused.")
     table_style: Literal["records", "markdown"] = Field(
         "records",
-        description="How a table's rows are written into chunks: records (\"Header: cell; Header: cell\", one row a "
+        description='How a table\'s rows are written into chunks: records ("Header: cell; Header: cell", one row a '
         "line, so a row read alone names its columns) or Markdown tables under their header row. Compared in "
         "bench/formats: records answered more table cells right.",
     )
@@ -421,7 +428,7 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_path(self) -> Path:
-        return Path(self.models.cache_dir).expanduser() if self.models.cache_dir else self.data_path / "models"
+        return Path(self.models.cache_dir).expanduser() if self.models.cache_dir else default_model_cache()
 
     @property
     def chroma_path(self) -> Path:
