@@ -48,3 +48,20 @@ def test_corrections_retrain_an_adapter_that_answers_their_paraphrases_and_a_shu
     assert refused["report"]["gate"]["promote"] is False and refused["report"]["served"]["version"] == "v1"
     assert refused["report"]["paired"]["right"]["difference"] < 0
     assert refused["served_after"]["version"] == "v1"  # the good adapter still answers
+
+
+def test_the_loop_report_reads_back_its_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed benchmark result (bench/results/feedback_loop.json) still makes its table and plot."""
+    import json
+
+    from bench.feedback_loop import OUT, plot, print_tables
+
+    result = json.loads(OUT.read_text())
+    s = summary(result)
+    assert s["all"]["n"] == len(result["rows"]) == 30
+    assert s["all"]["after"] - s["all"]["before"] >= TARGET_GAIN and s["all"]["wrong_after"] <= s["all"]["wrong_before"]
+    plot(result, tmp_path / "loop.png")
+    assert (tmp_path / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print_tables(result)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "gate, shuffled: exit 1" in out and "Retrain" in out
