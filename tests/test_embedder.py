@@ -129,11 +129,15 @@ def test_two_processes_racing_to_the_first_export(tmp_path: Path) -> None:
 
 
 def test_the_backend_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    default = Embedder.from_settings(Settings(data_dir=str(tmp_path)))  # type: ignore[call-arg]
-    assert default.backend == "onnx-int8" and default.cache_dir == tmp_path.resolve() / "models" / "embeddings"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the one model cache, here empty
+    monkeypatch.delenv("ENCLAVE_MODELS__CACHE_DIR", raising=False)
+    default = Embedder.from_settings(Settings(data_dir=str(tmp_path / "data")))  # type: ignore[call-arg]
+    assert (
+        default.backend == "onnx-int8" and default.cache_dir == tmp_path / "xdg" / "enclave" / "models" / "embeddings"
+    )
     monkeypatch.setenv("ENCLAVE_RAG__EMBEDDING__BACKEND", "torch")
-    torch = Embedder.from_settings(Settings(data_dir=str(tmp_path)))  # type: ignore[call-arg]
+    torch = Embedder.from_settings(Settings(data_dir=str(tmp_path / "data")))  # type: ignore[call-arg]
     assert torch.backend == "torch"
     vec = torch.embed(["How do I reset my password?"])[0]
     assert len(vec) == 384 and torch.dimension == 384 and abs(float(np.linalg.norm(vec)) - 1) < 1e-4
-    assert not (tmp_path / "models").exists()  # the PyTorch path exports nothing
+    assert not (tmp_path / "xdg").exists()  # the PyTorch path exports nothing
