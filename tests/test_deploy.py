@@ -268,20 +268,27 @@ def tools_python() -> Path:
     return python
 
 
-@pytest.fixture(scope="session")
-def report(tools_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    work = tmp_path_factory.mktemp("deploy")
+def run_chart_tools(
+    tools_python: Path,
+    work: Path,
+    profiles: dict[str, str],
+    failing: dict[str, Any],
+    bad_values: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """TOOLS_SCRIPT in the tools venv: each profile (name -> values file) rendered into work/manifests, linted
+    strictly on every Kubernetes version and validated; `failing` renders must fail, `bad_values` be refused."""
     manifests = work / "manifests"
-    manifests.mkdir()
+    manifests.mkdir(exist_ok=True)
     job = {
         "chart": str(CHART),
         "release": RELEASE,
         "namespace": NAMESPACE,
-        "profiles": PROFILES,
+        "profiles": profiles,
         "kube_versions": KUBE_VERSIONS,
-        "extra": EXTRA_RENDERS,
-        "failing": FAILING_RENDERS,
-        "bad_values": BAD_VALUES,
+        "extra": extra or {},
+        "failing": failing,
+        "bad_values": bad_values,
         "out": str(manifests),
         "report": str(work / "report.json"),
     }
@@ -293,6 +300,39 @@ def report(tools_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     result["manifests_dir"] = str(manifests)
     result["work"] = str(work)
     return result
+
+
+def feature_chart_report(
+    work: Path,
+    key: str,
+    values: Any,
+    ha_values: Any,
+    failing: dict[str, tuple[str, dict[str, Any], str]],
+    bad_values: dict[str, Any],
+) -> dict[str, Any]:
+    """A feature of the chart (`key`: sync, retrain) set in the default profile (`values`) and in the HA one
+    (`ha_values`), profiles named `key` and `key-ha`; the tool run, the failing renders' expected messages, and
+    checkov over the manifests."""
+    import yaml
+
+    tools_python = _ensure_tools_venv()  # .venv-deploy, built from helm/requirements-test.txt once
+    profiles = {}
+    for name, base, feature in ((key, None, values), (f"{key}-ha", "values-ha.yaml", ha_values)):
+        chart_values = yaml.safe_load((CHART / base).read_text()) if base else {}
+        chart_values[key] = feature
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(chart_values))
+        profiles[name] = str(work / f"{name}.yaml")  # an absolute path: Path(chart, path) is the path itself
+    report = run_chart_tools(tools_python, work, profiles, failing, bad_values)
+    report["failing_expected"] = {k: v[2] for k, v in failing.items()}
+    args = ["-d", str(work / "manifests"), "--framework", "kubernetes", "--skip-check", ",".join(CHECKOV_SKIPS)]
+    report["checkov"] = _checkov(tools_python, args, work)
+    return report
+
+
+@pytest.fixture(scope="session")
+def report(tools_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("deploy")
+    return run_chart_tools(tools_python, work, PROFILES, FAILING_RENDERS, BAD_VALUES, EXTRA_RENDERS)
 
 
 def _checkov(tools_python: Path, args: list[str], cwd: Path) -> dict[str, Any]:

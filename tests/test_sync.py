@@ -434,44 +434,14 @@ SYNC_BAD_VALUES: dict[str, dict[str, Any]] = {
 def chart_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """tests/test_deploy.py's tool run (render, strict lint on both Kubernetes versions, schema validation) over
     the default and the HA profile with sync enabled, then checkov over the manifests."""
-    import yaml
-
     from tests import test_deploy as deploy
 
-    tools_python = deploy._ensure_tools_venv()  # .venv-deploy, built from helm/requirements-test.txt once
-    work = tmp_path_factory.mktemp("sync-chart")
-    (work / "manifests").mkdir()
-    profiles = {}
-    for name, base in {"sync": None, "sync-ha": "values-ha.yaml"}.items():
-        values = yaml.safe_load((deploy.CHART / base).read_text()) if base else {}
-        values["sync"] = SYNC_VALUES
-        (work / f"{name}.yaml").write_text(yaml.safe_dump(values))
-        profiles[name] = str(work / f"{name}.yaml")  # an absolute path: Path(chart, path) is the path itself
     failing = {
         "without-sources": ("sync", {"sync": {"sources": []}}, "at least one entry in sync.sources"),
         "into-an-emptydir": ("sync", {"chroma": {"enabled": False}, "persistence": {"enabled": False}}, "emptyDir"),
     }
-    job = {
-        "chart": str(deploy.CHART),
-        "release": deploy.RELEASE,
-        "namespace": deploy.NAMESPACE,
-        "profiles": profiles,
-        "kube_versions": deploy.KUBE_VERSIONS,
-        "extra": {},
-        "failing": failing,
-        "bad_values": SYNC_BAD_VALUES,
-        "out": str(work / "manifests"),
-        "report": str(work / "report.json"),
-    }
-    (work / "job.json").write_text(json.dumps(job))
-    (work / "tools.py").write_text(deploy.TOOLS_SCRIPT)
-    done = deploy._run([str(tools_python), str(work / "tools.py"), str(work / "job.json")], timeout=300, cwd=work)
-    assert done.returncode == 0, f"the chart tools failed:\n{done.stdout}\n{done.stderr}"
-    report: dict[str, Any] = json.loads((work / "report.json").read_text())
-    report["failing_expected"] = {k: v[2] for k, v in failing.items()}
-    args = ["-d", str(work / "manifests"), "--framework", "kubernetes", "--skip-check", ",".join(deploy.CHECKOV_SKIPS)]
-    report["checkov"] = deploy._checkov(tools_python, args, work)
-    return report
+    work = tmp_path_factory.mktemp("sync-chart")
+    return deploy.feature_chart_report(work, "sync", SYNC_VALUES, SYNC_VALUES, failing, SYNC_BAD_VALUES)
 
 
 def cronjob_pod(cronjob: dict[str, Any]) -> dict[str, Any]:
