@@ -172,6 +172,11 @@ class AdapterRegistry:
             raise InvalidRequest(f"adapter '{name}' is corrupt: adapter_config.json: {exc.msg}") from exc
         return folder
 
+    def _forget(self, name: str) -> None:
+        """Drop what was read of `name`'s folder (its domain, its pairs): a new version is being loaded."""
+        self._domains.pop(name, None)
+        self._taught.pop(name, None)
+
     def taught(self, name: str) -> Taught | None:
         """What the served version of `name` was taught (None for an adapter that recorded nothing), read once per
         load."""
@@ -205,8 +210,7 @@ class AdapterRegistry:
             if not folder.is_dir():
                 raise NotFound(f"unknown adapter '{name}'")
             self.check(folder, name)
-            self._domains.pop(name, None)
-            self._taught.pop(name, None)
+            self._forget(name)
             try:
                 await self.host.add_adapter(name, folder)
             except Exception as exc:
@@ -241,8 +245,7 @@ class AdapterRegistry:
         swapped = []
         for name in changed:
             self._seen[name] = self._record[name]["version"]
-            self._domains.pop(name, None)
-            self._taught.pop(name, None)
+            self._forget(name)
             if self.host is None:  # a model server behind this backend follows the record itself
                 continue
             try:

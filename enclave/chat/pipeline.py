@@ -387,7 +387,7 @@ class ChatPipeline:
         closest = taught.pairs[about[0]]
         turn.taught, turn.taught_from = "declined", [closest.ref()]
         result.logprobs = None  # the model's tokens are not the text shown
-        yield self._say(turn, f"{taught_pairs.NOT_BACKED}\n\n> {closest.question}\n>\n> {closest.answer}")
+        yield self._say(turn, taught_pairs.not_backed_text(closest))
 
     @staticmethod
     def _say(turn: _Turn, text: str) -> TokenEvent:

@@ -54,6 +54,11 @@ class TaughtPair:
         }
 
 
+def not_backed_text(closest: TaughtPair) -> str:
+    """The decline of an answer no pair backs, with the pair the question is about, quoted."""
+    return f"{NOT_BACKED}\n\n> {closest.question}\n>\n> {closest.answer}"
+
+
 def terms(text: str) -> set[str]:
     """A text's content words less the question frame, crudely stemmed ("incidents" ~ "incident")."""
     out = set()

@@ -147,8 +147,7 @@ def as_shown(side: Side, questions: list[Question], answers: list[str]) -> list[
         if not about:
             out.append(taught_pairs.NOT_TAUGHT)
         elif taught.backing(q.question, answer, about) is None:
-            closest = taught.pairs[about[0]]
-            out.append(f"{taught_pairs.NOT_BACKED}\n\n> {closest.question}\n>\n> {closest.answer}")
+            out.append(taught_pairs.not_backed_text(taught.pairs[about[0]]))
         else:
             out.append(answer)
     return out
