@@ -84,7 +84,10 @@ class State:
         parts = [f"model {m.name or m.gguf_file or m.base} on {engine}"]
         if status and status.get("format"):
             failed = len(status.get("problems") or [])
-            parts[0] += f" ({status['format']} weights" + (f"; {failed} formats failed their check)" if failed else ")")
+            lone = "; a lone answer on the shipped weights" if status.get("solo") else ""
+            parts[0] += f" ({status['format']} weights{lone}" + (
+                f"; {failed} formats failed their check)" if failed else ")"
+            )
         if self.kb is not None:
             parts.append(f"embedder {self.kb.embedding_runtime}")
             names = sorted(self.kb.collection_names())

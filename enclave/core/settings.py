@@ -95,6 +95,13 @@ class ModelSettings(BaseModel):
         "(answers keep the distribution they would have without it; RAG answers decode ~1.3x faster); 0 turns "
         "it off.",
     )
+    solo_decode: bool = Field(
+        True,
+        description="llama.cpp engine: while one answer runs alone, decode it on the GGUF as shipped (4-bit: "
+        "2-3x fewer bytes per token than bf16) in a second, one-sequence context, and move its KV cache to the "
+        "batching weights when other answers join; prompts are read by the batching weights. Costs the shipped "
+        "file's memory beside the re-encoded one. Off, or with engine_format original, one set of weights runs.",
+    )
     threads: int = Field(0, description="CPU threads for generation; 0: one per core.")
     context_tokens: int = Field(2048, description="Prompt plus answer must fit in this many tokens.")
     max_tokens: int = Field(256, description="Default answer length limit in tokens.")

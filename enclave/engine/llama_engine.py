@@ -4,7 +4,10 @@ A scheduler thread owns the llama.cpp context. Every step it admits waiting requ
 sequence slots — reusing the longest prefix a slot still holds in its KV cache (system prompt,
 conversation so far) — then decodes one batch for one adapter group: the next token of every
 running sequence plus chunks of new prompts, and samples every sequence from one read of the logits.
-An answer running alone also feeds drafts found by prompt lookup and keeps those the model agrees with.
+An answer running alone also feeds drafts found by prompt lookup and keeps those the model agrees with,
+and, given `solo_path` (the shipped quantized GGUF beside a re-encoded copy that batches well), decodes on
+those weights in a second, one-sequence context: a lone step then reads 2-3 times fewer bytes. Its KV cache
+moves between the contexts when a batch forms or ends (`kv_transfer`); prompts are always read by the main one.
 Nothing here knows asyncio; results leave through each request's `emit` callback.
 
 Every ctypes call gives up the GIL and must win it back from the thread that serves the clients, which
@@ -34,6 +37,7 @@ from enclave.core.files import atomic_path
 from enclave.core.protocols import TokenLogprob
 from enclave.engine.decoding import LoopGuard, Penalties, PenaltyState
 from enclave.engine.grammar import GrammarMask
+from enclave.engine.kv_transfer import copy_seq
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +288,7 @@ class Slot:
 
     seq: int
     tokens: list[int] = field(default_factory=list)
+    main_len: int = 0  # how many of `tokens` the main context's cache holds (the rest only the solo context's)
     adapter_key: int = 0
     req: EngineRequest | None = None
     last_used: float = 0.0
@@ -298,6 +303,16 @@ class _Adapter:
 
 # A cached prefix shorter than this (a chat template's first tokens) does not decide which slot a request takes.
 MIN_PREFIX_REUSE = 32
+
+
+def _close_enough(a: Any, b: Any, what: str) -> None:
+    """Raise unless next-token distributions `a` and `b` (logits) are the same model's: KL(a || b) < 0.5 nats."""
+    pa = np.exp(a - a.max(), dtype=np.float64)
+    pb = np.exp(b - b.max(), dtype=np.float64)
+    pa, pb = pa / pa.sum(), pb / pb.sum()
+    kl = float(np.sum(pa * (np.log(pa + 1e-30) - np.log(pb + 1e-30))))
+    if not kl < 0.5:
+        raise ValueError(f"{what}: the next-token distributions differ (KL {kl:.2f} nats)")
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -322,8 +337,10 @@ class LlamaEngine:
         flash_attention: bool = True,
         unified_kv: bool = False,
         lookup_tokens: int = 0,
+        solo_path: Path | None = None,
     ) -> None:
         self.model_path = model_path
+        self.solo_path = solo_path
         self.n_slots = max(1, slots)
         self.context_tokens = context_tokens
         self.threads = threads or max(1, os.cpu_count() or 1)
@@ -351,6 +368,11 @@ class LlamaEngine:
         self._n_vocab = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # The solo context (quantized weights, one sequence) and whose KV it holds, up to how many tokens.
+        self._solo: tuple[Any, Any, Any] | None = None  # (model, context, memory)
+        self._solo_req: EngineRequest | None = None
+        self._solo_len = 0
+        self.solo_status: str | None = None  # why lone answers do not decode on the solo weights, if they don't
         self.stats = {
             "steps": 0,
             "batched_tokens": 0,
@@ -359,6 +381,8 @@ class LlamaEngine:
             "moves": 0,
             "drafted": 0,  # prompt-lookup tokens fed for verification
             "accepted": 0,  # of those, the ones the model agreed with
+            "solo_steps": 0,  # steps decoded on the solo weights
+            "kv_copies": 0,  # sequences moved between the two contexts
         }
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -376,6 +400,8 @@ class LlamaEngine:
         self._n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self._mem = lib.llama_get_memory(ctx)
         self._batch = lib.llama_batch_init(self.batch_tokens + self.n_slots, 0, 1)
+        if self.solo_path is not None:
+            self._open_solo(self.solo_path)
         self._thread = threading.Thread(target=self._loop, name="enclave-llama", daemon=True)
         self._thread.start()
 
@@ -394,6 +420,7 @@ class LlamaEngine:
         if self.ctx:
             lib.llama_free(self.ctx)
             self.ctx = None
+        self._close_solo()
         for a in [*self._adapters.values(), *self._retired]:
             with contextlib.suppress(Exception):
                 lib.llama_adapter_lora_free(a.ptr)
@@ -515,6 +542,124 @@ class LlamaEngine:
             scales = (ctypes.c_float * 1)(1.0)
             lib.llama_set_adapters_lora(self.ctx, arr, 1, scales)
 
+    # -- the solo context: a lone answer decodes on the quantized weights ---------------------------------
+    def _open_solo(self, path: Path) -> None:
+        """Open the one-sequence context on `path` and check a sequence's round trip; else decode without it."""
+        try:
+            _, model, ctx = open_context(
+                path,
+                slots=1,
+                context_tokens=self.context_tokens,
+                threads=self.threads,
+                batch_tokens=max(64, self.lookup_tokens + 1),
+                flash_attention=self.flash_attention,
+            )
+        except RuntimeError as exc:
+            self.solo_status = str(exc)
+        else:
+            self._solo = (model, ctx, self._lib.llama_get_memory(ctx))
+            try:
+                self._check_solo()
+            except Exception as exc:  # any failure only costs the faster lone answer
+                self.solo_status = f"a sequence's cache did not survive the move between the two contexts: {exc}"
+                self._close_solo()
+        if self.solo_status:
+            log.warning("llama.cpp engine: lone answers decode on %s: %s", self.model_path.name, self.solo_status)
+
+    def _check_solo(self) -> None:
+        """A prompt read by the main context, continued by the solo one, and back: each next-token distribution
+        must be the other context's (KL < 0.5 nats; a misplaced cache gives ~8)."""
+        lib = self._lib
+        model, ctx, mem = self._solo  # type: ignore[misc]
+        if lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)) != self._n_vocab:
+            raise ValueError("the two GGUF files have different vocabularies")
+        text = b"Enclave answers questions from the documents of the company that runs it, and cites them."
+        arr = (ctypes.c_int32 * 64)()
+        n = lib.llama_tokenize(self.vocab, text, len(text), arr, len(arr), True, False)
+        ids = list(arr[: max(0, n)])
+        if len(ids) < 8:
+            raise ValueError("the check prompt did not tokenize")
+        try:
+            self._decode_one(self.ctx, 0, ids[:-2], 0)
+            copy_seq(lib, self.ctx, 0, ctx, 0, 1)
+            main = self._decode_one(self.ctx, 0, ids[-2:-1], len(ids) - 2)
+            alone = self._decode_one(ctx, 0, ids[-2:-1], len(ids) - 2)
+            _close_enough(main, alone, "main → solo")
+            copy_seq(lib, ctx, 0, self.ctx, 0, self._main_streams)
+            main = self._decode_one(self.ctx, 0, ids[-1:], len(ids) - 1)
+            alone = self._decode_one(ctx, 0, ids[-1:], len(ids) - 1)
+            _close_enough(alone, main, "solo → main")
+        finally:
+            lib.llama_memory_seq_rm(self._mem, 0, -1, -1)
+            lib.llama_memory_seq_rm(mem, 0, -1, -1)
+
+    def _decode_one(self, ctx: Any, seq: int, ids: list[int], pos0: int) -> Any:
+        """Feed `ids` to `seq` of `ctx` from position `pos0`; a copy of the last token's logits."""
+        b = self._batch
+        for j, tok in enumerate(ids):
+            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, pos0 + j, 1, 0
+            b.seq_id[j][0] = seq
+        b.logits[len(ids) - 1] = 1
+        b.n_tokens = len(ids)
+        if self._lib.llama_decode(ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+        return np.ctypeslib.as_array(self._lib.llama_get_logits_ith(ctx, -1), shape=(self._n_vocab,)).copy()
+
+    def _close_solo(self) -> None:
+        if self._solo is not None:
+            model, ctx, _ = self._solo
+            self._solo = None
+            self._lib.llama_free(ctx)
+            self._lib.llama_model_free(model)
+
+    @property
+    def _main_streams(self) -> int:
+        """How many KV streams the main context has: one per sequence, or one shared."""
+        return 1 if self.unified_kv else self.n_slots
+
+    def _solo_candidate(self) -> EngineRequest | None:
+        """The answer to decode on the solo weights this step: one running alone, no adapter, its first token out.
+
+        The first token always comes from the main weights, whether the prompt was read whole or all but its last
+        token came from the prefix cache, so that a question asked again starts its answer the same way.
+        """
+        if self._solo is None or len(self._running) != 1:
+            return None
+        req = self._running[0]
+        return req if req.lora is None and req.n_out > 0 and len(req.pending) == 1 and req.slot is not None else None
+
+    def _to_solo(self, req: EngineRequest) -> None:
+        slot = req.slot
+        assert slot is not None and self._solo is not None
+        if self._solo_req is req and self._solo_len == len(slot.tokens):
+            return
+        # Every token is in the main cache here: it read the prompt, or took the tokens back (`_from_solo`).
+        copy_seq(self._lib, self.ctx, slot.seq, self._solo[1], 0, 1)
+        self._solo_req, self._solo_len = req, len(slot.tokens)
+        self.stats["kv_copies"] += 1
+
+    def _from_solo(self) -> None:
+        req = self._solo_req
+        slot = req.slot if req is not None else None
+        if slot is not None and self._solo is not None and slot.main_len < len(slot.tokens):
+            copy_seq(self._lib, self._solo[1], 0, self.ctx, slot.seq, self._main_streams)
+            slot.main_len = len(slot.tokens)
+            self.stats["kv_copies"] += 1
+
+    def _leave_solo(self, req: EngineRequest, keep: bool) -> None:
+        """`req` ends: its tokens go back to the main cache (else the main cache keeps what it holds)."""
+        slot = req.slot
+        assert slot is not None
+        try:
+            if keep:
+                self._from_solo()
+        except RuntimeError:  # llama.cpp empties a sequence it could not restore
+            log.warning("llama.cpp engine: an answer's cache could not move back; the next turn reads it again")
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            slot.main_len = 0
+        del slot.tokens[slot.main_len :]
+        self._solo_req, self._solo_len = None, 0
+
     def _admit(self) -> None:
         while self._waiting:
             free = [s for s in self._slots if s.req is None]
@@ -539,6 +684,7 @@ class LlamaEngine:
                 self._lib.llama_memory_seq_rm(self._mem, best.seq, -1, -1)
                 keep = 0
             best.tokens = best.tokens[:keep]
+            best.main_len = keep
             best.adapter_key = key
             best.req = req
             req.slot = best
@@ -617,7 +763,8 @@ class LlamaEngine:
         lib.llama_memory_seq_cp(mem, src.seq, dst.seq, -1, -1)  # whole buffers, copied before the next decode
         lib.llama_memory_seq_rm(mem, src.seq, -1, -1)
         dst.tokens, dst.adapter_key, dst.req, dst.last_used = src.tokens, src.adapter_key, src.req, src.last_used
-        src.tokens, src.adapter_key, src.req = [], 0, None
+        dst.main_len = src.main_len
+        src.tokens, src.main_len, src.adapter_key, src.req = [], 0, 0, None
         assert dst.req is not None
         dst.req.slot = dst
         self.stats["moves"] += 1
@@ -628,13 +775,21 @@ class LlamaEngine:
         self._admit()
         if not self._running:
             return
-        self._compact()
-        # One adapter group per step (llama.cpp applies adapters to a whole context), round robin between groups.
-        groups = sorted({r.adapter_key for r in self._running})
-        self._rr = (self._rr + 1) % len(groups)
-        key = groups[self._rr]
-        group = [r for r in self._running if r.adapter_key == key]
-        self._set_adapter(group[0].lora)
+        solo = self._solo_candidate()
+        if solo is not None:  # decode it on the quantized weights: its KV goes there first if it is not there yet
+            self._to_solo(solo)
+            group = [solo]
+            ctx, mem = self._solo[1], self._solo[2]  # type: ignore[index]
+        else:
+            self._from_solo()  # the main context must hold every token of an answer that ran alone
+            self._compact()
+            # One adapter group per step (llama.cpp applies adapters to a whole context), round robin between groups.
+            groups = sorted({r.adapter_key for r in self._running})
+            self._rr = (self._rr + 1) % len(groups)
+            key = groups[self._rr]
+            group = [r for r in self._running if r.adapter_key == key]
+            self._set_adapter(group[0].lora)
+            ctx, mem = self.ctx, self._mem
 
         b = self._batch
         n = 0
@@ -654,11 +809,12 @@ class LlamaEngine:
             drafts = self._draft(req, slot, budget - 1) if lookup and plain and len(req.pending) == 1 else []
             take = (req.pending[:budget] if len(req.pending) > 1 else req.pending) + drafts
             pos0 = len(slot.tokens)
+            seq = 0 if solo is not None else slot.seq
             for j, tok in enumerate(take):
                 b.token[n] = tok
                 b.pos[n] = pos0 + j
                 b.n_seq_id[n] = 1
-                b.seq_id[n][0] = slot.seq
+                b.seq_id[n][0] = seq
                 b.logits[n] = 0
                 n += 1
             budget -= len(take)
@@ -669,16 +825,23 @@ class LlamaEngine:
                     b.logits[j] = 1
                 outputs.append((req, drafts))
         b.n_tokens = n
-        rc = self._lib.llama_decode(self.ctx, b)
+        rc = self._lib.llama_decode(ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed (code {rc})")
         self.stats["steps"] += 1
         self.stats["batched_tokens"] += n
+        if solo is not None:
+            self.stats["solo_steps"] += 1
+            self._solo_len = len(solo.slot.tokens)  # type: ignore[union-attr]
+        else:
+            for req in group:
+                if req.slot is not None:
+                    req.slot.main_len = len(req.slot.tokens)
         if not outputs:
             return
         # The rows of the tokens marked for logits, in batch order: one call for all of them.
         rows = sum(1 + len(d) for _, d in outputs)
-        logits = np.ctypeslib.as_array(self._lib.llama_get_logits(self.ctx), shape=(rows, self._n_vocab))
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits(ctx), shape=(rows, self._n_vocab))
         row = 0
         for req, drafts in outputs:
             sampler, slot = req.sampler, req.slot  # both stay set until a token is taken below
@@ -702,8 +865,10 @@ class LlamaEngine:
                 # The cache's tokens up to the last draft the model agreed with (the drafts are its last tokens).
                 keep = len(slot.tokens) - len(drafts) + agreed
                 if len(slot.tokens) > keep:  # before any token leaves: the slot is consistent when it finishes
-                    self._lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
+                    self._lib.llama_memory_seq_rm(mem, 0 if solo is not None else slot.seq, keep, -1)
                     del slot.tokens[keep:]
+                    slot.main_len = min(slot.main_len, keep)
+                    self._solo_len = min(self._solo_len, keep)
             n_top = req.sampling.logprobs
             for k, tok in enumerate(picks):
                 lp = None if n_top is None else self._logprob(logits[row0 + k], tok, n_top)
@@ -797,11 +962,14 @@ class LlamaEngine:
         self._release(req)
         slot = req.slot
         if slot is not None:
+            if self._solo_req is req:  # the answer ran alone: its cache goes back for the next turn to reuse
+                self._leave_solo(req, keep=not isinstance(outcome, BaseException))
             slot.req = None
             slot.last_used = time.monotonic()
             if isinstance(outcome, BaseException):  # the cache may hold a half-written batch
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
                 slot.tokens = []
+                slot.main_len = 0
             req.slot = None
         if req.lora is not None:
             req.lora.users -= 1

@@ -181,6 +181,7 @@ class LlamaCppBackend(PromptTools):
             log.warning("llama.cpp engine: serving %s weights; formats that failed their check: %d", fmt, len(problems))
         self._init_tokenizer(load_tokenizer(self.settings))
         self._base_sha = file_sha256(self.base_gguf)
+        solo = self._solo_weights(fmt)
         engine = LlamaEngine(
             weights,
             slots=m.parallel,
@@ -190,16 +191,34 @@ class LlamaCppBackend(PromptTools):
             flash_attention=m.flash_attention,
             unified_kv=m.unified_kv,
             lookup_tokens=m.lookup_tokens,
+            solo_path=solo,
         )
         engine.start()
         self.engine = engine
+        if solo is not None and engine.solo_status is None:
+            self.engine_status["solo"] = "original"
+        elif engine.solo_status is not None:
+            self.engine_status["solo_problem"] = engine.solo_status
         log.info(
-            "llama.cpp engine: %s, %d slots of %d tokens, %d threads",
+            "llama.cpp engine: %s, %d slots of %d tokens, %d threads%s",
             weights.name,
             engine.n_slots,
             engine.context_tokens,
             engine.threads,
+            f"; a lone answer decodes on {solo.name}" if self.engine_status.get("solo") and solo else "",
         )
+
+    def _solo_weights(self, fmt: str) -> Path | None:
+        """The shipped GGUF, for lone answers beside batching weights in `fmt` (if it decodes in a child too)."""
+        assert self.base_gguf is not None
+        if not self.settings.models.solo_decode or fmt == "original":
+            return None
+        target, result = check_format(self.settings, self.base_gguf, "original", self._checks)
+        if result.ok:
+            return target
+        self.engine_status["solo_problem"] = explain("original", result)
+        log.warning("llama.cpp engine: lone answers decode on %s weights: %s", fmt, self.engine_status["solo_problem"])
+        return None
 
     async def aload(self) -> None:
         await asyncio.to_thread(self.load)
