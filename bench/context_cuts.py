@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from enclave.knowledge.store import KnowledgeBase
     from enclave.moderation import build_moderator
 
-    settings = Settings(data_dir=str(args.data), models={"cache_dir": str(ROOT / ".cache" / "models")})
+    settings = Settings(data_dir=str(args.data))
     kb = KnowledgeBase.from_settings(settings)
     # As the service builds it (enclave.api.state): over the knowledge base's embedder.
     moderator = build_moderator(settings.moderation, None, kb.embedder.embed)

@@ -183,7 +183,6 @@ def run(
         "ENCLAVE_ADAPTERS__MAX_SEQ_TOKENS": "96",
         "PYTHONUNBUFFERED": "1",
     }
-    env.setdefault("ENCLAVE_MODELS__CACHE_DIR", str(ROOT / ".cache" / "models"))
     if model:
         env["ENCLAVE_MODELS__BASE"] = model
     base_model = env.get("ENCLAVE_MODELS__BASE", "")

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from bench.machine import cpu_model
 from enclave.core.cpu import variant_args
+from enclave.core.settings import default_model_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "isa.json"
@@ -118,7 +119,7 @@ def main() -> None:
     ap.add_argument("--variant", default="x86-64-v3", help="a build variant of enclave/core/cpu.py")
     ap.add_argument("--cpu", default="Haswell", help="QEMU CPU model to emulate (qemu-x86_64 -cpu help)")
     ap.add_argument("--wheel-dir", type=Path, help="where the variant's wheel is (or is built)")
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "models", help="the engine's model cache")
+    ap.add_argument("--cache", type=Path, default=default_model_cache(), help="the engine's model cache")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()

@@ -59,7 +59,6 @@ async def _streams(url: str, pid: int, n: int, max_tokens: int) -> tuple[float, 
 def measure(model: str, streams: int, max_tokens: int, console: Console) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="enclave-memory-"))
     env = {**os.environ, "ENCLAVE_DATA_DIR": str(data), "ENCLAVE_MODELS__BASE": model, "HF_HUB_OFFLINE": "1"}
-    env.setdefault("ENCLAVE_MODELS__CACHE_DIR", str(ROOT / "data" / "models"))  # where `make model` assembles
     proc, base = start_serve(data, env, timeout_s=600)
     try:
         url = base.replace("http://", "ws://") + "/v1/chat/ws"
@@ -105,9 +104,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for col in ("model", "ready MB", "at rest MB", f"{args.streams} streams peak MB", "high-water MB", "done"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["model"], str(r["rss_ready_mb"]), str(r["rss_at_rest_mb"]),
-                      str(r[f"rss_peak_{args.streams}_streams_mb"]), str(r["rss_high_water_mb"]),
-                      f"{r['streams_done']}/{r['streams']}")
+        table.add_row(
+            r["model"],
+            str(r["rss_ready_mb"]),
+            str(r["rss_at_rest_mb"]),
+            str(r[f"rss_peak_{args.streams}_streams_mb"]),
+            str(r["rss_high_water_mb"]),
+            f"{r['streams_done']}/{r['streams']}",
+        )
     console.print(table)
     return result
 
