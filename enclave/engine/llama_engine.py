@@ -777,7 +777,14 @@ class LlamaEngine:
             return
         solo = self._solo_candidate()
         if solo is not None:  # decode it on the quantized weights: its KV goes there first if it is not there yet
-            self._to_solo(solo)
+            try:
+                self._to_solo(solo)
+            except RuntimeError as exc:  # the main cache still holds it all: go on there, without the solo context
+                self.solo_status = f"a sequence's cache could not move to the solo context: {exc}"
+                log.warning("llama.cpp engine: lone answers now decode on %s: %s", self.model_path.name, exc)
+                self._close_solo()
+                self._solo_req, solo = None, None
+        if solo is not None:
             group = [solo]
             ctx, mem = self._solo[1], self._solo[2]  # type: ignore[index]
         else:
