@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from enclave.chat.focus import named_cell, says_cell
 from enclave.chat.grounding import content_words
 from enclave.core.protocols import Chunk
 
@@ -224,6 +225,10 @@ def decide(
     low = model.decline_below if decline_below is None else decline_below
     high = model.caveat_below if caveat_below is None else caveat_below
     outcome: Outcome = "decline" if p < low else "caveat" if p < high else "answer"
+    if outcome == "decline" and any(named_cell(question, c.text) for c in chunks[:3]):
+        # A table row holds the value the question quotes and the column it names: worth a held, checked answer.
+        why = f"a table row holds the value the question names (answerable {p:.2f})"
+        return Decision("caveat", round(p, 4), feats, why)
     if outcome == "answer":
         reason = f"the passages hold the question's key terms (answerable {p:.2f})"
     else:
@@ -271,6 +276,10 @@ def answer_note(question: str, sentence: str, passage: str, weights: dict[str, f
     """Why a sentence, though its passage may share its words, does not answer the question from that passage;
     None when it does. `passage` is the cited passage with its heading (title, section) in front; `title` its
     title alone."""
+    asked_cell = named_cell(question, passage)
+    if asked_cell is not None:  # a table row the question names: the answer is its cell, or it is not the answer
+        column, cell = asked_cell
+        return None if says_cell(sentence, cell) else f"its passage's row gives the {column} as `{cell}`"
     said = content_words(sentence)
     have = _vocab(passage)
     asked = {_stem(w) for w in content_words(question)}

@@ -13,6 +13,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 
 from enclave.chat import answerability
+from enclave.chat.focus import focus
 from enclave.core.events import Source
 from enclave.core.protocols import Chunk, GenerationBackend, GenerationParams, Message
 from enclave.core.settings import Settings
@@ -129,11 +130,13 @@ def _to_messages(prompt_messages: Sequence[BaseMessage]) -> list[Message]:
     return [Message(role=_ROLES[m.type], content=str(m.content)) for m in prompt_messages]
 
 
-def format_context(chunks: Sequence[Chunk], max_chars: int = 700) -> str:
+def format_context(chunks: Sequence[Chunk], max_chars: int = 700, question: str = "") -> str:
+    """The numbered passages; a table passage shows the rows the question names (`focus`), else its beginning."""
     parts = []
     for i, c in enumerate(chunks, 1):
         where = c.title + (f" — {c.metadata['section']}" if c.metadata.get("section") else "")
-        parts.append(f"[{i}] ({where})\n{c.text.strip()[:max_chars]}")
+        text = focus(question, c.text) if question else c.text
+        parts.append(f"[{i}] ({where})\n{text.strip()[:max_chars]}")
     return "\n\n".join(parts)
 
 
@@ -149,7 +152,7 @@ def rag_prompt_of(settings: Settings) -> str:
 
 def rag_messages(question: str, chunks: Sequence[Chunk], prompt: str = "passages-in-question") -> list[Message]:
     template = PROMPTS[prompt]
-    return _to_messages(template.format_messages(context=format_context(chunks), question=question))
+    return _to_messages(template.format_messages(context=format_context(chunks, question=question), question=question))
 
 
 def sources_of(chunks: Sequence[Chunk], snippet_chars: int = 240) -> list[Source]:
