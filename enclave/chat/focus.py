@@ -22,15 +22,15 @@ _FRAME = frozenset(
 )
 
 
-def _record_cells(line: str) -> list[str] | None:
-    parts = line.split("; ")
-    cells = []
-    for part in parts:
+def _record_pairs(line: str) -> list[tuple[str, str]] | None:
+    """A record line's (column, cell) pairs, or None when some part of it is not "Key: value"."""
+    pairs = []
+    for part in line.split("; "):
         m = _PAIR.match(part)
         if m is None:
             return None
-        cells.append(m.group(2).strip())
-    return cells
+        pairs.append((m.group(1).strip(), m.group(2).strip()))
+    return pairs
 
 
 def _markdown_cells(line: str) -> list[str] | None:
@@ -42,6 +42,11 @@ def _markdown_cells(line: str) -> list[str] | None:
 
 def _norm(text: str) -> str:
     return text.strip().strip("`").strip()
+
+
+def _quoted(question: str) -> list[str]:
+    """The values a question quotes (in backticks or quotation marks)."""
+    return [_norm(next(g for g in m.groups() if g)) for m in _SPAN.finditer(question)]
 
 
 def _score(cells: list[str], spans: list[str], words: set[str]) -> float:
@@ -67,14 +72,18 @@ def focus(question: str, text: str, keep: int = 3) -> str:
     lines = text.strip().splitlines()
     rows: list[tuple[int, list[str]]] = []
     for i, line in enumerate(lines):
-        cells = _record_cells(line) if "|" not in line else _markdown_cells(line)
+        if "|" in line:
+            cells = _markdown_cells(line)
+        else:
+            pairs = _record_pairs(line)
+            cells = None if pairs is None else [cell for _, cell in pairs]
         if cells is not None and len(cells) >= 2:
             rows.append((i, cells))
     if len(rows) <= keep or len(rows) < len(lines) / 2:
         return text
     header_at = rows[0][0] if lines[rows[0][0]].lstrip().startswith("|") else -1  # a Markdown header row
     rows = [r for r in rows if r[0] != header_at]
-    spans = [_norm(next(g for g in m.groups() if g)) for m in _SPAN.finditer(question)]
+    spans = _quoted(question)
     words = {w.lower() for w in _WORD.findall(_SPAN.sub(" ", question))} - _FRAME
     scored = sorted(((_score(cells, spans, words), i) for i, cells in rows), key=lambda x: (-x[0], x[1]))
     top = scored[0][0] if scored else 0
@@ -102,9 +111,9 @@ def _rows_with_keys(lines: list[str]) -> list[dict[str, str]]:
             elif len(cells) == len(header):
                 out.append(dict(zip(header, cells, strict=True)))
             continue
-        pairs = [_PAIR.match(part) for part in line.split("; ")]
-        if len(pairs) >= 2 and all(pairs):
-            out.append({m.group(1).strip(): m.group(2).strip() for m in pairs if m})
+        pairs = _record_pairs(line)
+        if pairs is not None and len(pairs) >= 2:
+            out.append(dict(pairs))
     return out
 
 
@@ -112,7 +121,7 @@ def named_cell(question: str, text: str) -> tuple[str, str] | None:
     """(column, cell) a question asks of a table row it names ("the C Type of Type code `'b'`"): the one row
     with a cell equal to a value the question quotes, and the column the question names (its longest column
     name found in the question, other than the one it quotes a value of); None when not exactly that."""
-    spans = {_norm(next(g for g in m.groups() if g)) for m in _SPAN.finditer(question)} - {""}
+    spans = set(_quoted(question)) - {""}
     if not spans:
         return None
     asked = question.lower()

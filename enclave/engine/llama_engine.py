@@ -555,16 +555,20 @@ class LlamaEngine:
                 flash_attention=self.flash_attention,
             )
         except RuntimeError as exc:
-            self.solo_status = str(exc)
-        else:
-            self._solo = (model, ctx, self._lib.llama_get_memory(ctx))
-            try:
-                self._check_solo()
-            except Exception as exc:  # any failure only costs the faster lone answer
-                self.solo_status = f"a sequence's cache did not survive the move between the two contexts: {exc}"
-                self._close_solo()
-        if self.solo_status:
-            log.warning("llama.cpp engine: lone answers decode on %s: %s", self.model_path.name, self.solo_status)
+            self._drop_solo(str(exc))
+            return
+        self._solo = (model, ctx, self._lib.llama_get_memory(ctx))
+        try:
+            self._check_solo()
+        except Exception as exc:  # any failure only costs the faster lone answer
+            self._drop_solo(f"a sequence's cache did not survive the move between the two contexts: {exc}")
+
+    def _drop_solo(self, why: str) -> None:
+        """Decode lone answers on the main weights from now on (the main cache holds every sequence), saying why."""
+        self.solo_status = why
+        log.warning("llama.cpp engine: lone answers decode on %s: %s", self.model_path.name, why)
+        self._close_solo()
+        self._solo_req, self._solo_len = None, 0
 
     def _check_solo(self) -> None:
         """A prompt read by the main context, continued by the solo one, and back: each next-token distribution
@@ -780,10 +784,8 @@ class LlamaEngine:
             try:
                 self._to_solo(solo)
             except RuntimeError as exc:  # the main cache still holds it all: go on there, without the solo context
-                self.solo_status = f"a sequence's cache could not move to the solo context: {exc}"
-                log.warning("llama.cpp engine: lone answers now decode on %s: %s", self.model_path.name, exc)
-                self._close_solo()
-                self._solo_req, solo = None, None
+                self._drop_solo(f"a sequence's cache could not move to the solo context: {exc}")
+                solo = None
         if solo is not None:
             group = [solo]
             ctx, mem = self._solo[1], self._solo[2]  # type: ignore[index]
