@@ -90,6 +90,7 @@ class State:
             )
         if self.kb is not None:
             parts.append(f"embedder {self.kb.embedding_runtime}")
+            parts.append("reranker " + ("on" if self.kb.reranker is not None else "off"))
             names = sorted(self.kb.collection_names())
             # Documents are counted from every chunk's metadata: only for the collections the line shows.
             listed = ", ".join(f"{n} ({len(self.kb.list_documents(n))} documents)" for n in names[:5])
@@ -135,6 +136,7 @@ class State:
         from enclave.knowledge.store import KnowledgeBase
 
         kb = KnowledgeBase.from_settings(self.settings)
+        kb.warm_reranker()
         if self.settings.rag.ingest_samples:
             from enclave.knowledge.samples import ensure_samples
 

@@ -46,7 +46,7 @@ def serve(
 
 @app.command()
 def warmup() -> None:
-    """Convert the base model into the model cache and load the embedder, so starts are fast."""
+    """Convert the base model into the model cache and load the embedder and reranker, so starts are fast."""
     import importlib.util
 
     from enclave.engine.modelfiles import load_model
@@ -63,6 +63,11 @@ def warmup() -> None:
 
     Embedder.from_settings(settings).embed(["warm up"])
     typer.echo("embedder: ok")
+    if settings.rag.rerank:
+        from enclave.knowledge.rerank import Reranker
+
+        Reranker.from_settings(settings).warm()
+        typer.echo("reranker: ok")
 
 
 @app.command("engine-check")

@@ -188,7 +188,24 @@ class RagSettings(BaseModel):
     default_collection: str = Field("docs", description="Collection searched when a request names none.")
     chunk_size: int = Field(800, description="Target chunk length in characters.")
     chunk_overlap: int = Field(120, description="Characters shared by neighbouring chunks.")
-    top_k: int = Field(4, description="Chunks put into the RAG prompt.")
+    top_k: int = Field(4, description="Most chunks put into the RAG prompt.")
+    rerank: bool = Field(
+        True,
+        description="Reorder the hybrid search's candidates by fusing its order with that of Enclave's own "
+        "cross-encoder (enclave/knowledge/rerank.py, trained by bench/reranker_train), which reads the question "
+        "beside each passage.",
+    )
+    rerank_candidates: int = Field(
+        12, ge=1, le=100, description="Hybrid search candidates the reranker reads (12 to 20 rank alike; 12 is faster)."
+    )
+    rerank_margin: float | None = Field(
+        None,
+        ge=0,
+        description="With reranking, a passage goes into the prompt only if its score is within this many logits of "
+        "the best one's (one passage when one clearly answers, more when several do); unset: the margin shipped with "
+        "the weights (it kept the right passage for 98% of held-out training questions); a large value keeps every "
+        "passage up to top_k.",
+    )
     score_threshold: float = Field(
         0.25, description="Minimum dense cosine similarity for a chunk to count as relevant."
     )

@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -253,34 +253,14 @@ def export_dir(model_dir: Path, cache_dir: Path, backend: str) -> tuple[Path, di
 
 
 def ensure_onnx(model_dir: Path, cache_dir: Path, backend: str) -> Path:
-    """The exported model's path, exporting it first if no process has. Two processes may race here: a lock
-    file makes the second wait for the first, and the export is built in a private folder and renamed into
-    place, so a crash never leaves a half-written model where a later start would load it."""
+    """The exported model's path, exporting it first if no process has."""
     final, meta = export_dir(model_dir, cache_dir, backend)
-    if (final / META_FILE).is_file():
-        return final / MODEL_FILE
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(cache_dir / f".{final.name}.lock"):
-            if (final / META_FILE).is_file():  # another process exported it while we waited
-                return final / MODEL_FILE
-            for stale in cache_dir.glob(f".{final.name}.tmp-*"):  # left by a crash: nobody else holds the lock
-                shutil.rmtree(stale, ignore_errors=True)
-            _export_into(final, meta, model_dir, backend)
-    except OSError as exc:
-        raise BackendUnavailable(
-            f"cannot write the embedding model cache {cache_dir} ({exc}): point models.cache_dir at a writable "
-            "folder, or run `enclave warmup` where it is writable"
-        ) from exc
-    return final / MODEL_FILE
 
-
-def _export_into(final: Path, meta: dict[str, Any], model_dir: Path, backend: str) -> None:
-    log.info("exporting %s to ONNX (%s) once, into %s", model_dir, backend, final)
-    with atomic_path(final, directory=True) as tmp:  # a reader sees no folder or the whole export
+    def export(folder: Path) -> dict[str, Any]:
+        log.info("exporting %s to ONNX (%s) once, into %s", model_dir, backend, final)
         t0 = time.perf_counter()
         meta["check"] = export_onnx(
-            model_dir, tmp / MODEL_FILE, quantize=backend == "onnx-int8", reduce_range=bool(meta.get("reduce_range"))
+            model_dir, folder / MODEL_FILE, quantize=backend == "onnx-int8", reduce_range=bool(meta.get("reduce_range"))
         )
         if meta["check"]["probe_cosine_min"] < MIN_PROBE_COSINE[backend]:
             raise BackendUnavailable(
@@ -288,7 +268,35 @@ def _export_into(final: Path, meta: dict[str, Any], model_dir: Path, backend: st
                 f"(cosine {meta['check']['probe_cosine_min']:.4f}): use rag.embedding.backend=torch"
             )
         meta["export_seconds"] = round(time.perf_counter() - t0, 2)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        return meta
+
+    return cached_export(final, export) / MODEL_FILE
+
+
+def cached_export(final: Path, export: Callable[[Path], dict[str, Any]]) -> Path:
+    """`final`, built first by `export(folder)` (which writes the model into `folder` and returns its metadata)
+    if no process has. Two processes may race here: a lock file makes the second wait for the first, and the
+    export is built in a private folder and renamed into place, so a crash never leaves a half-written model
+    where a later start would load it."""
+    if (final / META_FILE).is_file():
+        return final
+    cache_dir = final.parent
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(cache_dir / f".{final.name}.lock"):
+            if (final / META_FILE).is_file():  # another process exported it while we waited
+                return final
+            for stale in cache_dir.glob(f".{final.name}.tmp-*"):  # left by a crash: nobody else holds the lock
+                shutil.rmtree(stale, ignore_errors=True)
+            with atomic_path(final, directory=True) as tmp:  # a reader sees no folder or the whole export
+                meta = export(tmp)
+                (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"cannot write the model cache {cache_dir} ({exc}): point models.cache_dir at a writable "
+            "folder, or run `enclave warmup` where it is writable"
+        ) from exc
+    return final
 
 
 def export_onnx(model_dir: Path, dest: Path, quantize: bool, reduce_range: bool = False) -> dict[str, float]:

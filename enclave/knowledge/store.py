@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enclave.core.errors import Forbidden, InvalidRequest, NotFound
+from enclave.core.errors import BackendUnavailable, Forbidden, InvalidRequest, NotFound
 from enclave.core.files import file_lock
 from enclave.core.protocols import Chunk, Principal
 from enclave.core.settings import Settings
@@ -22,6 +22,7 @@ from enclave.knowledge.chroma import get_all
 from enclave.knowledge.chunking import chunk_document
 from enclave.knowledge.embedder import MODEL_NAME, Embedder
 from enclave.knowledge.loaders import Document, LoadError, ReadContext, ReadLimits, kind_of, load
+from enclave.knowledge.rerank import Reranker, rerank_chunks
 from enclave.knowledge.search import BM25Cache, BM25Index, Mode, hybrid_search
 
 # Chroma's own rule: 3-63 characters (longer allowed by newer versions), starting and ending with a letter or digit.
@@ -126,8 +127,12 @@ class KnowledgeBase:
         max_query: int,
         lock_path: Path | None = None,
         limits: ReadLimits | None = None,
+        reranker: Reranker | None = None,
+        rerank_candidates: int = 20,
     ) -> None:
         self.client = client
+        self.reranker = reranker
+        self.rerank_candidates = rerank_candidates
         self.limits = limits or ReadLimits(section_chars=chunk_size)
         self.embedder = embedder
         self._runtime_warned: set[str] = set()
@@ -163,6 +168,8 @@ class KnowledgeBase:
             settings.rag.max_query_chars,
             lock_path,
             read_limits(settings),
+            Reranker.from_settings(settings) if settings.rag.rerank else None,
+            settings.rag.rerank_candidates,
         )
 
     # -- collections ----------------------------------------------------------------------------
@@ -459,9 +466,31 @@ class KnowledgeBase:
     def _bm25_for(self, collection: str, col: Any) -> BM25Index:
         return self._bm25.index(collection, col)
 
+    def warm_reranker(self) -> str | None:
+        """Load the reranker (exporting it the first time) before the first question; if it cannot load, searches
+        go on without it and the reason is returned (and logged)."""
+        if self.reranker is None:
+            return None
+        try:
+            self.reranker.warm()
+        except (BackendUnavailable, OSError, RuntimeError, ValueError) as exc:
+            log.warning("reranking off: %s", exc)
+            self.reranker = None
+            return str(exc)
+        return None
+
     def search(
-        self, query: str, collection: str, principal: Principal, k: int = 4, mode: Mode = "hybrid"
+        self,
+        query: str,
+        collection: str,
+        principal: Principal,
+        k: int = 4,
+        mode: Mode = "hybrid",
+        rerank: bool | None = None,
     ) -> list[Chunk]:
+        """The top `k` chunks for `query`; with `rerank` (default: whether a reranker is configured) the hybrid
+        search's top `rerank_candidates` are reordered by the reranker's reading of each beside the question, and
+        each chunk carries its `rerank_score`."""
         if not query or not query.strip():
             raise InvalidRequest("the query is empty")
         if len(query) > self.max_query:
@@ -470,5 +499,12 @@ class KnowledgeBase:
             raise InvalidRequest("k must be between 1 and 100")
         if not principal.may_read(collection):
             raise Forbidden(f"you may not read collection '{collection}'")
+        if rerank and self.reranker is None:
+            raise InvalidRequest("reranking is off on this server (rag.rerank=false)")
         col = self._collection(collection)
-        return hybrid_search(col, self.embedder, lambda: self._bm25_for(collection, col), query, k, mode)
+        lexicon = lambda: self._bm25_for(collection, col)  # noqa: E731
+        if self.reranker is None or rerank is False:
+            return hybrid_search(col, self.embedder, lexicon, query, k, mode)
+        chunks = hybrid_search(col, self.embedder, lexicon, query, max(k, self.rerank_candidates), mode)
+        n = self.rerank_candidates
+        return (rerank_chunks(self.reranker, query, chunks[:n]) + chunks[n:])[:k]

@@ -129,6 +129,11 @@ class SearchRequest(BaseModel):
     query: str = Field(description="What to look for.")
     collection: str = Field("docs", description="Collection to search.")
     k: int = Field(5, ge=1, le=50, description="How many results.")
+    rerank: bool | None = Field(
+        None,
+        description="Reorder the candidates with the reranker (unset: as the server is configured, rag.rerank); "
+        "true on a server without one is refused.",
+    )
 
 
 class SearchResult(BaseModel):
@@ -137,6 +142,7 @@ class SearchResult(BaseModel):
     uri: str
     snippet: str
     score: float
+    rerank_score: float | None = Field(None, description="The reranker's logit, when it ordered the results.")
     section: str = ""
     page: int | None = None
 
@@ -147,7 +153,8 @@ class SearchResponse(BaseModel):
 
 @router.post("/v1/search")
 async def search(body: SearchRequest, request: Request, who: Principal = Depends(principal)) -> SearchResponse:
-    chunks = await asyncio.to_thread(kb_of(request).search, body.query, body.collection, who, body.k)
+    kb = kb_of(request)
+    chunks = await asyncio.to_thread(kb.search, body.query, body.collection, who, body.k, "hybrid", body.rerank)
     return SearchResponse(
         results=[
             SearchResult(
@@ -156,6 +163,7 @@ async def search(body: SearchRequest, request: Request, who: Principal = Depends
                 uri=c.uri,
                 snippet=" ".join(c.text.split())[:300],
                 score=c.score,
+                rerank_score=c.metadata.get("rerank_score"),
                 section=str(c.metadata.get("section") or ""),
                 page=c.metadata.get("page"),
             )
