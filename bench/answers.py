@@ -790,6 +790,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": f"{m.name} ({base_gguf(settings).name})",
         "engine": runner.state.backend.engine_status,
         "prompt": rag_prompt_of(settings),
+        "retrieval": {
+            "rerank": runner.kb.reranker is not None,
+            "rerank_margin": settings.rag.rerank_margin,
+            "top_k": settings.rag.top_k,
+        },
         "decoding": {k: v for k, v in m.model_dump().items() if k in DECODING},
         "max_tokens": args.max_tokens,
         "summary": summarize(rows),

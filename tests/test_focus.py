@@ -1,8 +1,8 @@
-"""A table passage in the prompt shows the rows the question names; prose passages are left alone."""
+"""A table passage in the prompt shows the rows the question names; a long prose passage the sentences it asks about."""
 
 from __future__ import annotations
 
-from enclave.chat.focus import focus
+from enclave.chat.focus import focus, window
 from enclave.chat.rag import format_context
 from enclave.core.protocols import Chunk
 
@@ -91,3 +91,14 @@ def test_an_answer_from_a_named_row_is_verified_only_when_it_gives_that_cell() -
     assert answer_note(question, "Abstract Methods: __contains__", passage, weights) is None
     note = answer_note(question, "The Abstract Methods of Container is __hash__.", passage, weights)
     assert note == "its passage's row gives the Abstract Methods as `__contains__`"
+
+
+def test_a_long_passage_shows_the_run_of_sentences_the_question_is_about() -> None:
+    opening = "cut(1) General Commands Manual. " + "Synopsis: cut OPTION... [FILE]... " * 8
+    tail = "Print selected parts of lines from each FILE to standard output. With no FILE, read standard input."
+    text = opening + "\n" + tail
+    got = window("Which command prints selected parts of lines from each file?", text, 200)
+    assert got.startswith("… ") and "selected parts of lines" in got and len(got) <= 200
+    # Where the beginning holds the question's words as well as any later run, the beginning stays.
+    assert window("What does the cut synopsis say?", text, 200) == text[:200]
+    assert window("anything", "short passage", 200) == "short passage"

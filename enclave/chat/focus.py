@@ -145,3 +145,31 @@ def says_cell(sentence: str, cell: str) -> bool:
     c = norm(cell)
     # Not inside a longer token ("0 - north" is not in "90 - north"); a qualified name may end with it.
     return bool(c) and re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", norm(sentence)) is not None
+
+
+_PIECE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def window(question: str, text: str, chars: int) -> str:
+    """Of a passage longer than `chars`, the run of its sentences (or lines) that fits in `chars` and holds most of
+    the question's words: its beginning unless a later run holds more of them, then that run after "… "."""
+    text = text.strip()
+    if len(text) <= chars:
+        return text
+    words = {w.lower() for w in _WORD.findall(question)} - _FRAME
+    pieces = [p for p in _PIECE.split(text) if p.strip()]
+    best_start, best_score = 0, -1
+    for start in range(len(pieces)):
+        held: set[str] = set()
+        size = 0
+        for piece in pieces[start:]:
+            if size and size + 1 + len(piece) > chars:
+                break
+            size += len(piece) + (1 if size else 0)
+            held |= {w.lower() for w in _WORD.findall(piece)}
+        score = len(words & held)
+        if score > best_score:
+            best_start, best_score = start, score
+    if best_start == 0:
+        return text[:chars]
+    return ("… " + " ".join(pieces[best_start:]))[:chars]

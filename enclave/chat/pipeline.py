@@ -58,6 +58,7 @@ from enclave.core.protocols import (
     TokenLogprob,
 )
 from enclave.core.settings import Settings
+from enclave.knowledge.rerank import shipped_margin
 from enclave.moderation import sentences
 from enclave.moderation.leaks import LeakCheck
 
@@ -297,6 +298,8 @@ class ChatPipeline:
             relevant = [
                 c for c in signals.chunks if float(c.metadata.get("dense_score", c.score)) >= rag_cfg.score_threshold
             ][: rag_cfg.top_k]
+            margin = rag_cfg.rerank_margin if rag_cfg.rerank_margin is not None else shipped_margin()
+            relevant = rag.within_margin(relevant, margin)
             relevant, cut = await self._without_injections(relevant)
             if cut:
                 yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])

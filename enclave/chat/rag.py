@@ -13,7 +13,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 
 from enclave.chat import answerability
-from enclave.chat.focus import focus
+from enclave.chat.focus import focus, window
 from enclave.core.events import Source
 from enclave.core.protocols import Chunk, GenerationBackend, GenerationParams, Message
 from enclave.core.settings import Settings
@@ -130,13 +130,24 @@ def _to_messages(prompt_messages: Sequence[BaseMessage]) -> list[Message]:
     return [Message(role=_ROLES[m.type], content=str(m.content)) for m in prompt_messages]
 
 
+def within_margin(chunks: Sequence[Chunk], margin: float | None) -> list[Chunk]:
+    """The passages whose reranker score is within `margin` logits of the best one's (the best always stays): one
+    passage when one clearly answers, more when several read alike. Unscored chunks, or no margin: all of them."""
+    scores = [c.metadata.get("rerank_score") for c in chunks]
+    if margin is None or not chunks or any(s is None for s in scores):
+        return list(chunks)
+    best = max(float(s) for s in scores)  # type: ignore[arg-type]
+    return [c for c, s in zip(chunks, scores, strict=True) if float(s) >= best - margin]  # type: ignore[arg-type]
+
+
 def format_context(chunks: Sequence[Chunk], max_chars: int = 700, question: str = "") -> str:
-    """The numbered passages; a table passage shows the rows the question names (`focus`), else its beginning."""
+    """The numbered passages, each at most `max_chars`: a table passage shows the rows the question names (`focus`),
+    a longer one the run of its sentences that holds most of the question's words (`window`), else its beginning."""
     parts = []
     for i, c in enumerate(chunks, 1):
         where = c.title + (f" — {c.metadata['section']}" if c.metadata.get("section") else "")
-        text = focus(question, c.text) if question else c.text
-        parts.append(f"[{i}] ({where})\n{text.strip()[:max_chars]}")
+        text = window(question, focus(question, c.text), max_chars) if question else c.text.strip()[:max_chars]
+        parts.append(f"[{i}] ({where})\n{text}")
     return "\n\n".join(parts)
 
 
