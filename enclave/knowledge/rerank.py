@@ -2,7 +2,7 @@
 
 The model is the shipped all-MiniLM-L6-v2's first layers with a scoring head, fine-tuned by
 `python -m bench.reranker_train` on man pages no benchmark asks about; the package ships only what training
-changed (`reranker/weights.safetensors`, ~10 MB), and the word and position embeddings come from the MiniLM
+changed (`reranker/weights.safetensors`, 14 MB in fp16), and the word and position embeddings come from the MiniLM
 package at load. Like the embedder, it runs in ONNX Runtime as int8, exported once into the model cache and
 checked against PyTorch before it is used; each (question, passage) pair is its own pass, so nothing is padded.
 """
@@ -23,11 +23,11 @@ from typing import Any
 
 from enclave.core.errors import BackendUnavailable
 from enclave.knowledge.embedder import (
-    _quantize,
     cached_export,
     default_model_dir,
     default_threads,
     int8_reduce_range,
+    quantize_int8,
     source_fingerprint,
 )
 from enclave.knowledge.search import RRF_K
@@ -201,7 +201,7 @@ def export_onnx(model_dir: Path, weights_dir: Path, dest: Path, reduce_range: bo
             dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "score": {0: "batch"}},
             opset_version=17,
         )
-    _quantize(fp32, dest, model.encoder.config, reduce_range)
+    quantize_int8(fp32, dest, model.encoder.config, reduce_range)
     fp32.unlink()
     session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
     tok = load_pair_tokenizer(model_dir, int(config["max_tokens"]))
