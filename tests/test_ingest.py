@@ -288,6 +288,12 @@ def test_http_knowledge_base_and_rag_over_websocket(live_server: Server, corpus:
     assert {d["uri"] for d in docs} == {"upload/menu.html", "upload/travel.md"}
     found = live_server.post("/v1/search", json={"query": "hotel limit in Berlin", "collection": "policies", "k": 2})
     assert found.json()["results"][0]["uri"] == "upload/travel.md"
+    # The server reranks by default and says each result's score; a request may ask for the hybrid order alone.
+    assert all(r["rerank_score"] is not None for r in found.json()["results"])
+    plain = live_server.post(
+        "/v1/search", json={"query": "hotel limit in Berlin", "collection": "policies", "k": 2, "rerank": False}
+    )
+    assert plain.status_code == 200 and all(r["rerank_score"] is None for r in plain.json()["results"])
     assert live_server.post("/v1/search", json={"query": "x", "collection": "nope"}).status_code == 404
     assert live_server.post("/v1/search", json={"query": "", "collection": "policies"}).status_code == 400
     assert live_server.post("/v1/search", json={"query": "q" * 3000, "collection": "policies"}).status_code == 400

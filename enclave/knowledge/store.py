@@ -128,7 +128,7 @@ class KnowledgeBase:
         lock_path: Path | None = None,
         limits: ReadLimits | None = None,
         reranker: Reranker | None = None,
-        rerank_candidates: int = 20,
+        rerank_candidates: int = 12,
     ) -> None:
         self.client = client
         self.reranker = reranker
