@@ -394,11 +394,15 @@ def parting(a: list[tuple[int, int, float]], b: list[tuple[int, int, float]]) ->
     return k if k is not None or len(a) == len(b) else min(len(a), len(b))
 
 
-async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_unified_kv_cache_batches_answers_in_any_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     """`models.unified_kv`: one cache for all slots, no ordering to keep; the same four questions asked
     together give the per-slot engine's answers token for token, except where the two best tokens were a
-    near tie (the same batched kernels, but a batch laid out otherwise can round a near tie the other way)."""
-    unified = build_local_backend(settings_for("llama_cpp", parallel=4, unified_kv=True))
+    near tie (the same batched kernels, but a batch laid out otherwise can round a near tie the other way).
+    Both without the solo context (`models.solo_decode`): there, which steps an answer takes alone on the shipped
+    weights depends on when the four requests arrive, and a loaded machine changes that (seen in CI)."""
+    llama = build_local_backend(settings_for("llama_cpp", parallel=4, solo_decode=False))
+    llama.load()
+    unified = build_local_backend(settings_for("llama_cpp", parallel=4, unified_kv=True, solo_decode=False))
     unified.load()
     trace = GreedyTrace(monkeypatch, llama.engine, unified.engine)
     try:
@@ -425,6 +429,7 @@ async def test_a_unified_kv_cache_batches_answers_in_any_slots(llama: Any, monke
         assert same.count(True) >= 2, (per_slot, together)  # near ties are the exception, not the rule
     finally:
         unified.close()
+        llama.close()
 
 
 async def test_each_adapter_group_is_kept_on_consecutive_slots(llama: Any, tmp_path: Path) -> None:

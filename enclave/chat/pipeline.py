@@ -298,11 +298,11 @@ class ChatPipeline:
             relevant = [
                 c for c in signals.chunks if float(c.metadata.get("dense_score", c.score)) >= rag_cfg.score_threshold
             ][: rag_cfg.top_k]
+            relevant, cut = await self._without_injections(relevant)
+            if cut:  # said even when the cut passage then falls outside the margin: an operator wants to know
+                yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])
             margin = rag_cfg.rerank_margin if rag_cfg.rerank_margin is not None else shipped_margin()
             relevant = rag.within_margin(relevant, margin)
-            relevant, cut = await self._without_injections(relevant)
-            if cut:
-                yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])
             declined = params.output is None and (
                 not relevant or (decision is not None and decision.outcome == "decline")
             )

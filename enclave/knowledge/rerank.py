@@ -294,15 +294,16 @@ class Reranker:
 
 
 def rerank_chunks(reranker: Reranker, question: str, chunks: Sequence[Any]) -> list[Any]:
-    """The chunks in the order of the reciprocal-rank fusion (k 60, as hybrid search fuses) of the search's order
-    and the reranker's, each with its score in `metadata["rerank_score"]`. Fused rather than replaced: trained on
-    man pages, the reranker alone ranks the Python reference's pages no better than the search (hit@1 0.814 vs
-    0.822); fused with it, 0.887 (bench/retrieval)."""
+    """The chunks ordered by reciprocal-rank fusion (k 60) of three votes: the dense and BM25 rankings (the hybrid
+    search's own fused `score`) and the reranker's; each keeps its logit in `metadata["rerank_score"]`. One vote
+    of three, not the last word: trained on man pages, the reranker alone ranks the Python reference's pages no
+    better than the search (hit@1 0.826 vs 0.822), and it cannot read an exact identifier ("CANARYd002") that
+    dense and BM25 both put first."""
     texts = [passage_text(c.title, str(c.metadata.get("section") or ""), c.text) for c in chunks]
     scores = reranker.score(question, texts)
     for chunk, s in zip(chunks, scores, strict=True):
         chunk.metadata["rerank_score"] = round(s, 4)
     by_score = sorted(range(len(chunks)), key=lambda i: -scores[i])
     rerank_rank = {i: r for r, i in enumerate(by_score)}
-    fused = {i: 1.0 / (RRF_K + i + 1) + 1.0 / (RRF_K + rerank_rank[i] + 1) for i in range(len(chunks))}
+    fused = {i: float(chunks[i].score) + 1.0 / (RRF_K + rerank_rank[i] + 1) for i in range(len(chunks))}
     return [chunks[i] for i in sorted(range(len(chunks)), key=lambda i: (-fused[i], i))]
