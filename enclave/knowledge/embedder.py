@@ -162,15 +162,8 @@ class _OnnxRuntime:
     degrade gracefully when other processes want the same cores."""
 
     def __init__(self, model_path: Path, model_dir: Path, threads: int) -> None:
-        import onnxruntime as ort
-
         self.tokenizer = load_tokenizer(model_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = one_thread_session(model_path)
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.dimension = int(self.session.get_outputs()[0].shape[-1])
         self.threads = threads
@@ -190,10 +183,28 @@ class _OnnxRuntime:
         ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
         if self._pool is None or len(ids) == 1:
             return [self._one(i) for i in ids]
-        # Longest first, so the last texts handed out are the short ones and the workers finish together.
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        vecs = dict(zip(order, self._pool.map(lambda i: self._one(ids[i]), order), strict=True))
-        return [vecs[i] for i in range(len(ids))]
+        return longest_first(self._pool, lambda i: self._one(ids[i]), [len(i) for i in ids])
+
+
+def one_thread_session(model_path: Path) -> Any:
+    """An ONNX Runtime session that runs on its caller's thread (one intra-op thread, sequential): several
+    workers share it with no barrier between ops, and yield gracefully when other processes want the cores."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def longest_first(pool: ThreadPoolExecutor, run: Callable[[int], Any], sizes: Sequence[int]) -> list[Any]:
+    """`run(i)` for every index on the pool, results in index order. Longest first, so the last items handed out
+    are the short ones and the workers finish together."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    got = dict(zip(order, pool.map(run, order), strict=True))
+    return [got[i] for i in range(len(sizes))]
 
 
 def load_tokenizer(model_dir: Path) -> Any:

@@ -27,6 +27,8 @@ from enclave.knowledge.embedder import (
     default_model_dir,
     default_threads,
     int8_reduce_range,
+    longest_first,
+    one_thread_session,
     quantize_int8,
     source_fingerprint,
 )
@@ -256,15 +258,7 @@ class Reranker:
     def _load(self) -> Any:
         with self._lock:
             if self._session is None:
-                import onnxruntime as ort
-
-                path = ensure_onnx(self.model_dir, self.cache_dir, self.weights_dir)
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = 1
-                options.inter_op_num_threads = 1
-                options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                self._session = one_thread_session(ensure_onnx(self.model_dir, self.cache_dir, self.weights_dir))
                 if self.threads > 1:
                     self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rerank")
             return self._session
@@ -288,9 +282,7 @@ class Reranker:
 
         if self._pool is None or len(encoded) == 1:
             return [one(i) for i in range(len(encoded))]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
-        got = dict(zip(order, self._pool.map(one, order), strict=True))
-        return [got[i] for i in range(len(encoded))]
+        return longest_first(self._pool, one, [len(e.ids) for e in encoded])
 
 
 def rerank_chunks(reranker: Reranker, question: str, chunks: Sequence[Any]) -> list[Any]:
