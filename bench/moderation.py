@@ -121,9 +121,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also run the public set through CompositeModerator with this catalogue model as the guard, "
         "in process (what moderation.guard_model serves): its added recall, false positives and latency",
     )
+    ap.add_argument("--skip-loso", action="store_true", help="leave the leave-one-source-out evaluation out")
     args = ap.parse_args(argv)
     result = shipped_set()
     result["public"] = public_set()
+    if not args.skip_loso:
+        result["leave_one_source_out"] = loso_set()
     if args.guard:
         result["public"]["guard"] = asyncio.run(guard_set(args.guard))
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +371,74 @@ def public_set() -> dict[str, Any]:
         lt.add_row(stage, str(ms["n"]), f"{ms['p50_ms']:.2f}", f"{ms['p95_ms']:.2f}")
     console.print(lt)
     return out
+
+
+def loso_set() -> dict[str, Any]:
+    """Every labelled source held out in turn (bench.moderation_loso), judged as served: per source and pooled."""
+    from bench.moderation_loso import VectorCache, corpus, leave_one_out, summary
+    from bench.moderation_train import TRAIN_PARTS, embedder, fit_margin, public_rows, training_rows, windows
+
+    console = Console()
+    rows = training_rows() + public_rows("eval")
+    emb = embedder()
+    cache = VectorCache(emb.embed, f"{emb.name}/{emb.backend}")
+    data = corpus(rows, cache, lambda text: windows(text, most=TRAIN_PARTS))
+    t0 = time.perf_counter()
+    raw = leave_one_out(fit_margin, data, cache)
+    out = summary(raw) | {"seconds": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_model()}}
+    t = Table(title="leave one source out: each source judged as served by a classifier that never saw it")
+    for col in ("source", "attacks", "blocked [95%]", "benign", "blocked [95%]", "operating point"):
+        t.add_column(col, justify="left" if col == "source" else "right")
+
+    def cell(d: dict[str, Any] | None) -> tuple[str, str]:
+        if d is None:
+            return "", ""
+        v = d["served"]
+        return str(v["n"]), f"{v['share']:.3f} [{v['wilson'][0]:.2f}–{v['wilson'][1]:.2f}]"
+
+    for source, row in out["sources"].items():
+        t.add_row(source, *cell(row.get("attacks")), *cell(row.get("benign")), f"{row['threshold']:.3f}")
+    pooled = out["pooled"]
+    t.add_row("pooled", *cell(pooled["attacks"]), *cell(pooled["benign"]), "", style="bold")
+    console.print(t)
+    score = np.asarray([x for r in raw.values() for x in r["score"]])
+    truth = np.asarray([lab != "benign" for r in raw.values() for lab in r["labels"]])
+    _plot_loso(out, score, truth)
+    return out
+
+
+def _plot_loso(out: dict[str, Any], score: Any, truth: Any) -> None:
+    """Pooled precision-recall of the held-out scores, and each source's share blocked as served."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-score)
+    tp = np.cumsum(truth[order])
+    fp = np.cumsum(~truth[order])
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax[0].plot(tp / max(int(truth.sum()), 1), tp / np.maximum(tp + fp, 1), lw=1.5)
+    ax[0].set(
+        xlabel="recall (attacks)",
+        ylabel="precision",
+        title="embedding classifier, leave one source out (pooled)",
+        ylim=(0, 1.02),
+    )
+    names, shares, colours = [], [], []
+    for source, row in out["sources"].items():
+        for kind, colour in (("attacks", "tab:red"), ("benign", "tab:green")):
+            if kind in row:
+                names.append(f"{source} ({kind})")
+                shares.append(row[kind]["served"]["share"])
+                colours.append(colour)
+    ax[1].barh(names, shares, color=colours)
+    ax[1].axvline(0.75, color="tab:red", ls=":", lw=1)
+    ax[1].axvline(0.02, color="tab:green", ls=":", lw=1)
+    ax[1].set(xlabel="share blocked as served (red: attacks, target ≥ 0.75; green: benign, ≤ 0.02)", xlim=(0, 1))
+    ax[1].tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT.parent / "moderation_loso.png", dpi=110)
 
 
 async def guard_set(model: str) -> dict[str, Any]:

@@ -216,7 +216,7 @@ def man_sentences(words: list[str], n: int) -> list[dict[str, str]]:
     rng = random.Random(SEED)
     rng.shuffle(found)
     per: Counter[str] = Counter()
-    out = []
+    out: list[dict[str, str]] = []
     for row in found:  # at most 12 per word, so "token" and "password" do not fill the sample
         if per[row["word"].lower()] < 12 and len(out) < n:
             per[row["word"].lower()] += 1

@@ -2,10 +2,11 @@
 
 Reads the shipped labelled set (`enclave/moderation/data/train.jsonl`) and the public training split
 (`enclave/moderation/data/public/train.jsonl`, built by `python -m bench.moderation_data`), embeds every
-part of every text with the service's own embedder, chooses the operating point by 5-fold cross-validation on the
-training data only (the public evaluation split is never seen), and writes the weights the moderator ships with
-(`enclave/moderation/data/embedding_classifier.npz`). The operating point: the lowest probability of harm that
-flags at most 2% of the benign training texts held out in cross-validation. Benign texts include the questions
+part of every text with the service's own embedder, trains a linear head with a benign margin (`fit_margin`),
+chooses its operating points with the training sources held out by groups (`bench.moderation_loso.thresholds_of`;
+the public evaluation split is never seen), and writes the weights the moderator ships with
+(`enclave/moderation/data/embedding_classifier.npz`). Benign texts include hard negatives (`hard_negatives.jsonl`,
+`python -m bench.moderation_negatives`) and the questions
 Enclave's own answer benchmark asked of the Python reference and the man pages (`bench/results/answers*.json`):
 what its users ask is technical, and "kill a process" must stay an ordinary question.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,12 @@ from rich.table import Table
 
 from enclave.core.settings import Settings
 from enclave.moderation.classifier import load_rows
-from enclave.moderation.embedding import WEIGHTS, EmbeddingClassifier, fit, parts
+from enclave.moderation.embedding import WEIGHTS, EmbeddingClassifier, parts
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT / "enclave" / "moderation" / "data" / "public"
 # Parts of one training text at most: a long jailbreak template would otherwise outweigh many short requests.
 TRAIN_PARTS = 4
-# The benign share the operating point may flag in cross-validation: the target on ordinary prompts is 2%.
-BENIGN_FPR = 0.02
 
 
 def public_rows(split: str) -> list[dict[str, str]]:
@@ -81,11 +81,86 @@ def router_queries() -> list[str]:
     return [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
 
 
+HARD_NEGATIVES = ROOT / "enclave" / "moderation" / "data" / "hard_negatives.jsonl"
+
+
+def hard_negatives() -> list[dict[str, str]]:
+    """Benign texts full of the words attacks use (`python -m bench.moderation_negatives`)."""
+    if not HARD_NEGATIVES.is_file():
+        return []
+    rows = [json.loads(line) for line in HARD_NEGATIVES.read_text().splitlines() if line.strip()]
+    return [{"text": r["text"], "label": r["label"], "source": r["source"]} for r in rows]
+
+
 def training_rows() -> list[dict[str, str]]:
     own = [{"text": q, "label": "benign", "source": "enclave/bench-answers"} for q in own_questions()]
     own += [{"text": q, "label": "benign", "source": "enclave/router"} for q in router_queries()]
     docs = [{"text": t, "label": "benign", "source": "python-docs/sentences"} for t in doc_sentences()]
-    return [{**r, "source": "enclave"} for r in load_rows("train")] + own + docs + public_rows("train")
+    shipped = [{**r, "source": "enclave"} for r in load_rows("train")]
+    return shipped + own + docs + hard_negatives() + public_rows("train")
+
+
+# The benign margin (Prompt Guard 2's recipe): besides cross-entropy, a benign text is pushed until its log-odds of
+# harm is below -MARGIN, so ordinary prompts sit far from the boundary rather than just on its safe side.
+MARGIN = 2.0
+MARGIN_WEIGHT = 0.5
+
+
+def fit_margin(
+    vectors: Any,
+    labels: list[str],
+    margin: float = MARGIN,
+    weight: float = MARGIN_WEIGHT,
+    decay: float = 1e-4,
+    steps: int = 300,
+    hidden: int = 0,
+) -> EmbeddingClassifier:
+    """A class-balanced softmax head over `vectors` (linear, or with a `hidden`-unit ReLU layer), trained with the
+    benign margin (full batch, Adam)."""
+    import torch
+
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(lab) for lab in labels])
+    x = torch.tensor(np.asarray(vectors, dtype=np.float32))
+    counts = torch.bincount(y, minlength=len(classes)).float()
+    class_weight = counts.sum() / (len(classes) * counts.clamp(min=1))
+    benign = classes.index("benign")
+    harmful = torch.tensor([j for j in range(len(classes)) if j != benign])
+    rows = torch.nonzero(y == benign).flatten()
+    g = torch.Generator().manual_seed(0)
+    width = hidden or x.shape[1]
+    w = (torch.randn(width, len(classes), generator=g) * 0.01).requires_grad_()
+    b = torch.zeros(len(classes), requires_grad=True)
+    params = [w, b]
+    if hidden:
+        w1 = (torch.randn(x.shape[1], hidden, generator=g) * (2 / x.shape[1]) ** 0.5).requires_grad_()
+        b1 = torch.zeros(hidden, requires_grad=True)
+        params += [w1, b1]
+    opt = torch.optim.Adam(params, lr=0.05 if not hidden else 0.01)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few thousand rows by 384: threads cost more than they give
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            h = torch.relu(x @ w1 + b1) if hidden else x
+            logits = h @ w + b
+            loss = torch.nn.functional.cross_entropy(logits, y, weight=class_weight)
+            if weight and len(rows):
+                mine = logits.index_select(0, rows)
+                odds = torch.logsumexp(mine.index_select(1, harmful), dim=1) - mine[:, benign]
+                loss = loss + weight * torch.relu(odds + margin).pow(2).mean()
+            loss = loss + decay * w.pow(2).sum()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return EmbeddingClassifier(
+        labels=classes,
+        coef=w.detach().numpy().astype(np.float32),
+        intercept=b.detach().numpy().astype(np.float32),
+        hidden=w1.detach().numpy().astype(np.float32) if hidden else None,
+        hidden_bias=b1.detach().numpy().astype(np.float32) if hidden else None,
+    )
 
 
 def embedder() -> Any:
@@ -131,66 +206,47 @@ def per_text_harm(clf: EmbeddingClassifier, vectors: Any, owner: list[int], n: i
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from bench.moderation_loso import VectorCache, corpus, thresholds_of
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=WEIGHTS)
-    ap.add_argument("--c", type=float, default=4.0, help="inverse regularisation of the logistic regression")
+    ap.add_argument("--margin", type=float, default=MARGIN, help="benign log-odds of harm pushed below -margin")
+    ap.add_argument("--margin-weight", type=float, default=MARGIN_WEIGHT, help="0: plain cross-entropy")
     args = ap.parse_args(argv)
     console = Console()
     rows = training_rows()
-    texts = [r["text"] for r in rows]
-    labels = [r["label"] for r in rows]
     emb = embedder()
+    cache = VectorCache(emb.embed, f"{emb.name}/{emb.backend}")
     t0 = time.perf_counter()
-    vectors, owner = embed_parts(texts, emb.embed, TRAIN_PARTS, "embedding the training texts", windows)
+    data = corpus(rows, cache, lambda text: windows(text, most=TRAIN_PARTS))
     embed_s = time.perf_counter() - t0
-    part_labels = [labels[i] for i in owner]
-    # Cross-validation by text (all parts of a text in one fold), for the operating point.
-    rng = np.random.default_rng(0)
-    fold_of = rng.integers(0, 5, size=len(rows))
-    cv_score = np.zeros(len(rows))
-    cv_label = ["benign"] * len(rows)
-    owner_arr = np.asarray(owner)
-    for k in range(5):
-        train_parts = fold_of[owner_arr] != k
-        clf = fit(vectors[train_parts], [lbl for lbl, m in zip(part_labels, train_parts, strict=True) if m], args.c)
-        held = np.flatnonzero(fold_of == k)
-        held_parts = np.flatnonzero(np.isin(owner_arr, held))
-        remap = {int(t): j for j, t in enumerate(held)}
-        score, label = per_text_harm(clf, vectors[held_parts], [remap[owner[i]] for i in held_parts], len(held))
-        cv_score[held] = score
-        for j, t in enumerate(held):
-            cv_label[t] = label[j]
-    benign = np.asarray([lbl == "benign" for lbl in labels])
-    threshold = max(0.5, float(np.quantile(cv_score[benign], 1.0 - BENIGN_FPR)))
-    flagged = cv_score >= threshold
-    cv: dict[str, Any] = {"threshold": round(threshold, 4), "benign_fpr": float(flagged[benign].mean())}
-    per: dict[str, Any] = {}
-    for cat in sorted(set(labels) - {"benign"}):
-        mask = np.asarray([lbl == cat for lbl in labels])
-        per[cat] = {
-            "n": int(mask.sum()),
-            "flagged": float(flagged[mask].mean()),
-            "right_category": float(np.mean([cv_label[i] == cat for i in np.flatnonzero(mask & flagged)] or [False])),
-        }
-    cv["categories"] = per
-    final = fit(vectors, part_labels, args.c)
-    final.threshold = threshold
+
+    def train(vectors: Any, labels: list[str]) -> EmbeddingClassifier:
+        return fit_margin(vectors, labels, args.margin, args.margin_weight)
+
+    everything = np.ones(len(rows), dtype=bool)
+    threshold, short = thresholds_of(train, data, everything)
+    final = train(*data.of(everything))
+    final.threshold, final.short_threshold = threshold, short
+    sources = Counter(r["source"] for r in rows)
     final.meta = {
-        "trained_on": {"rows": len(rows), "parts": len(part_labels), "sources": sorted({r["source"] for r in rows})},
+        "trained_on": {"rows": len(rows), "parts": len(data.windows), "sources": dict(sorted(sources.items()))},
         "embedder": f"{emb.name}/{emb.backend}",
-        "c": args.c,
-        "cross_validation": cv,
+        "recipe": {"head": "linear softmax", "margin": args.margin, "margin_weight": args.margin_weight},
+        "operating_points": {"threshold": round(threshold, 4), "short_threshold": round(short, 4)},
         "embed_seconds": round(embed_s, 1),
     }
     final.save(args.out)
-    table = Table(title=f"5-fold cross-validation on the training data ({len(rows)} texts, {len(part_labels)} parts)")
-    for col in ("category", "texts", "flagged", "right category"):
-        table.add_column(col, justify="left" if col == "category" else "right")
-    for cat, v in per.items():
-        table.add_row(cat, str(v["n"]), f"{v['flagged']:.2f}", f"{v['right_category']:.2f}")
-    table.add_row("benign (false positives)", str(int(benign.sum())), f"{cv['benign_fpr']:.3f}", "")
+    table = Table(title=f"trained on {len(rows)} texts ({len(data.windows)} parts) from {len(sources)} sources")
+    for col in ("source", "texts"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for source, n in sorted(sources.items()):
+        table.add_row(source, str(n))
     console.print(table)
-    console.print(f"operating point: probability of harm ≥ {threshold:.3f}; wrote {args.out}")
+    console.print(
+        f"operating points, chosen with the training sources held out in {4} groups: probability of harm ≥ "
+        f"{threshold:.3f}; a short message's injection ≥ {short:.3f}; wrote {args.out}"
+    )
     return final.meta
 
 

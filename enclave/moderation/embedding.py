@@ -1,5 +1,5 @@
-"""Harm categories from sentence embeddings: a logistic regression over the MiniLM vectors Enclave already
-computes, trained offline on public labelled data (`python -m bench.moderation --train`) and shipped as weights.
+"""Harm categories from sentence embeddings: a softmax head over the MiniLM vectors Enclave already computes, trained
+offline on public labelled data with a benign margin (`python -m bench.moderation_train`) and shipped as weights.
 
 A message is read in parts (MiniLM reads 256 tokens), so a harmful request at the end of a long jailbreak counts
 as much as one at its start.
@@ -63,13 +63,22 @@ class EmbeddingClassifier:
     intercept: Any  # (labels,), float32
     threshold: float = 0.5
     meta: dict[str, Any] = field(default_factory=dict)
+    # A short chat message is an injection by these embeddings alone only at this probability or more (chosen on
+    # the short benign texts of the training sources); None: never (the lexical checks alone judge it).
+    short_threshold: float | None = None
+    # An optional hidden layer before the softmax: (dimension, hidden) and (hidden,), ReLU.
+    hidden: Any = None
+    hidden_bias: Any = None
 
     @property
     def benign(self) -> int:
         return self.labels.index("benign")
 
     def probabilities(self, vectors: Any) -> Any:
-        logits = np.asarray(vectors, dtype=np.float32) @ self.coef + self.intercept
+        x = np.asarray(vectors, dtype=np.float32)
+        if self.hidden is not None:
+            x = np.maximum(x @ self.hidden + self.hidden_bias, 0.0)
+        logits = x @ self.coef + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
@@ -90,6 +99,8 @@ class EmbeddingClassifier:
             intercept=self.intercept.astype(np.float32),
             labels=np.array(self.labels),
             threshold=np.array(self.threshold, dtype=np.float64),
+            short_threshold=np.array(np.nan if self.short_threshold is None else self.short_threshold),
+            **({} if self.hidden is None else {"hidden": self.hidden, "hidden_bias": self.hidden_bias}),
             meta=np.array(json.dumps(self.meta)),
         )
 
@@ -99,23 +110,14 @@ class EmbeddingClassifier:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
+            short = float(z["short_threshold"]) if "short_threshold" in z.files else float("nan")
             return cls(
                 labels=[str(x) for x in z["labels"]],
                 coef=z["coef"].astype(np.float32),
                 intercept=z["intercept"].astype(np.float32),
                 threshold=float(z["threshold"]),
                 meta=json.loads(str(z["meta"])),
+                short_threshold=None if np.isnan(short) else short,
+                hidden=z["hidden"].astype(np.float32) if "hidden" in z.files else None,
+                hidden_bias=z["hidden_bias"].astype(np.float32) if "hidden" in z.files else None,
             )
-
-
-def fit(vectors: Any, labels: Sequence[str], c: float = 4.0) -> EmbeddingClassifier:
-    """A balanced multinomial logistic regression over `vectors` (one per text)."""
-    from sklearn.linear_model import LogisticRegression
-
-    lr = LogisticRegression(C=c, class_weight="balanced", max_iter=4000)
-    lr.fit(np.asarray(vectors, dtype=np.float32), list(labels))
-    return EmbeddingClassifier(
-        labels=[str(x) for x in lr.classes_],
-        coef=lr.coef_.T.astype(np.float32),
-        intercept=lr.intercept_.astype(np.float32),
-    )
