@@ -3,24 +3,36 @@
 A piece leaves the gate only after the text that contains it, plus `window` pieces after it,
 was checked; a span marked for redaction is replaced before release, and a block releases
 nothing more. Besides the moderator's verdict, an answer that repeats a protected prompt (the system prompt,
-Enclave's RAG instructions: enclave.moderation.leaks) is blocked as `prompt_leak`. Without a moderator the
-gate passes pieces straight through.
+Enclave's RAG instructions: enclave.moderation.leaks) is blocked as `prompt_leak`, and one that repeats what an
+instruction planted in the passages asks to be said (enclave.moderation.planted) as `planted_instruction`: the
+start of such a payload is held back, however many pieces it takes, until it is whole or is not one after all.
+Without a moderator the gate passes pieces straight through.
 """
 
 from __future__ import annotations
 
 from enclave.core.protocols import Moderator, Verdict
 from enclave.moderation.leaks import LeakCheck
+from enclave.moderation.planted import PlantedCheck
 
 REDACTED = "[redacted]"
 # A leak is a run of a few words: the answer's tail this long holds any that the latest piece completed.
 LEAK_TAIL_CHARS = 2000
+# An answer that ends this far into a planted payload ends before it.
+PARTIAL_PAYLOAD = 0.5
 
 
 class OutputGate:
-    def __init__(self, moderator: Moderator | None, window: int, leaks: LeakCheck | None = None) -> None:
+    def __init__(
+        self,
+        moderator: Moderator | None,
+        window: int,
+        leaks: LeakCheck | None = None,
+        planted: PlantedCheck | None = None,
+    ) -> None:
         self.moderator = moderator
         self.leaks = leaks if leaks else None
+        self.planted = planted if planted else None
         self.window = max(1, window)
         self.raw = ""
         self.released = 0  # index into raw up to which text has left the gate
@@ -43,7 +55,10 @@ class OutputGate:
             return []
         keep = sum(self.pending[-self.window :])
         self.pending = self.pending[-self.window :]
-        return self._release(len(self.raw) - keep)
+        cut = len(self.raw) - keep
+        if self.planted is not None:  # a payload's first words may be older than the window: never released
+            cut = min(cut, self.planted.held_from(self.raw))
+        return self._release(cut)
 
     async def finish(self) -> list[str]:
         if self.moderator is None or self.blocked:
@@ -51,12 +66,19 @@ class OutputGate:
         if not await self._check(final=True):
             return []
         self.pending = []
-        return self._release(len(self.raw))
+        end = len(self.raw)
+        if self.planted is not None:  # an answer that stops half-way into a payload ("PELICAN-"): not that half
+            end = self.planted.held_from(self.raw, PARTIAL_PAYLOAD)
+        return self._release(end)
 
     async def _check(self, final: bool = False) -> bool:
         assert self.moderator is not None
         if self.leaks is not None and self.leaks.leaked(self.raw[-LEAK_TAIL_CHARS:]):
             self.verdict = Verdict("block", ["prompt_leak"])
+            self.blocked = True
+            return False
+        if self.planted is not None and self.planted.repeated(self.raw) is not None:
+            self.verdict = Verdict("block", ["planted_instruction"])
             self.blocked = True
             return False
         # The thorough check (the embedding classifier) at least once per window: every piece released was

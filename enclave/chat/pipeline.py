@@ -61,6 +61,7 @@ from enclave.core.settings import Settings
 from enclave.knowledge.rerank import shipped_margin
 from enclave.moderation import sentences
 from enclave.moderation.leaks import LeakCheck
+from enclave.moderation.planted import PlantedCheck
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +295,32 @@ class ChatPipeline:
 
         # 4. The prompt.
         relevant: list[Chunk] = []
+        in_prompt: list[Chunk] = []
+        planted: PlantedCheck | None = None
         if route.kind == "rag":
             relevant = [
                 c for c in signals.chunks if float(c.metadata.get("dense_score", c.score)) >= rag_cfg.score_threshold
             ][: rag_cfg.top_k]
+            retrieved = {c.id: c.text for c in relevant}  # as written, before any sentence is cut
             relevant, cut = await self._without_injections(relevant)
             if cut:  # said even when the cut passage then falls outside the margin: an operator wants to know
                 yield ModerationEvent(stage="context", action="redact", categories=["prompt_injection"])
             margin = rag_cfg.rerank_margin if rag_cfg.rerank_margin is not None else shipped_margin()
             relevant = rag.within_margin(relevant, margin)
+            mod = self.settings.moderation
+            if mod.enabled and mod.check_output and mod.policies.get("planted_instruction", "block") == "block":
+                # What the passages in the prompt ask the model to say: the answer must not say it (the output gate).
+                planted = PlantedCheck([retrieved.get(c.id, c.text) for c in relevant], message, cut)
+            in_prompt = relevant
+            if planted:
+                # What Enclave shows of the passages itself (sources, a decline's quotes, the unverified notice)
+                # leaves out the sentences that gave payloads; the prompt keeps them, and the gate reads the answer.
+                relevant = [
+                    c
+                    if (t := planted.without_instructions(c.text)) == c.text
+                    else dataclasses.replace(c, text=t, embedding=None)
+                    for c in relevant
+                ]
             declined = params.output is None and (
                 not relevant or (decision is not None and decision.outcome == "decline")
             )
@@ -323,7 +341,7 @@ class ChatPipeline:
             prompt = message
         elif relevant:
             protected = list(rag.INSTRUCTIONS)
-            messages = [*history, *rag.rag_messages(message, relevant, rag_prompt_of(self.settings))]
+            messages = [*history, *rag.rag_messages(message, in_prompt, rag_prompt_of(self.settings))]
             # The RAG system prompt must come first for chat templates that want one system turn.
             messages = [m for m in messages if m.role == "system"] + [m for m in messages if m.role != "system"]
         else:  # no route to the documents, or (for a structured answer) nothing relevant in them
@@ -341,7 +359,7 @@ class ChatPipeline:
         hold = (decision is not None and decision.outcome == "caveat") or bool(taught)
         result = Generation()
         async with contextlib.aclosing(
-            self._generate(turn, prompt, params, route.adapter, protected, cancel, started, result, hold)
+            self._generate(turn, prompt, params, route.adapter, protected, cancel, started, result, hold, planted)
         ) as inner:
             async for event in inner:
                 yield event
@@ -441,14 +459,17 @@ class ChatPipeline:
         started: float,
         result: Generation,
         hold: bool,
+        planted: PlantedCheck | None = None,
     ) -> AsyncGenerator[Event, None]:
         """The model's answer through the output gate, into `turn.text` as it streams (into `turn.held`, and not
-        sent, when `hold`); a block raises ModerationBlocked after the moderation event."""
+        sent, when `hold`); a block raises ModerationBlocked after the moderation event. `planted`: what the
+        passages' instructions ask to be said (blocked as planted_instruction)."""
         mod = self.settings.moderation
         gate = OutputGate(
             self.moderator if mod.enabled and mod.check_output else None,
             mod.holdback_tokens,
             LeakCheck(protected) if mod.policies.get("prompt_leak", "block") == "block" else None,
+            planted,
         )
         stream = self.backend.stream(prompt, params, adapter=adapter, result=result)
         last_save = time.monotonic()
@@ -548,16 +569,17 @@ class ChatPipeline:
             yield TokenEvent(text=notice)
         yield CitationsEvent(sentences=sentences, unverified=unverified)  # type: ignore[arg-type]
 
-    async def _without_injections(self, chunks: list[Chunk]) -> tuple[list[Chunk], int]:
+    async def _without_injections(self, chunks: list[Chunk]) -> tuple[list[Chunk], list[str]]:
         """Retrieved passages as data, not instructions: every sentence that gives the model instructions is cut
         out (the rest of the passage is kept and cited); a passage left with nothing is dropped. Returns the
-        passages and how many sentences were cut."""
+        passages and the sentences cut."""
         if self.moderator is None or not self.settings.moderation.enabled:
-            return chunks, 0
+            return chunks, []
         spans = [sentences.sentences(c.text) for c in chunks]
         texts = [c.text[a:b] for c, found in zip(chunks, spans, strict=True) for a, b in found]
         verdicts = iter(await self.moderator.check_many(texts, "context")) if texts else iter(())
-        kept, cut = [], 0
+        kept: list[Chunk] = []
+        cut: list[str] = []
         for c, found in zip(chunks, spans, strict=True):
             bad = [
                 (a, b)
@@ -567,7 +589,7 @@ class ChatPipeline:
             if not bad:
                 kept.append(c)
                 continue
-            cut += len(bad)
+            cut += [c.text[a:b] for a, b in bad]
             text = sentences.without(c.text, bad)
             log.warning("cut %d sentence(s) of instructions out of retrieved chunk %s", len(bad), c.id)
             if sentences.worth_keeping(text):

@@ -272,6 +272,9 @@ DEFAULT_POLICIES: dict[str, Policy] = {
     "prompt_injection": "block",
     # An answer repeating the system prompt or Enclave's instructions (enclave/moderation/leaks.py).
     "prompt_leak": "block",
+    # An answer repeating what an instruction planted in the retrieved passages asks to be said
+    # (enclave/moderation/planted.py).
+    "planted_instruction": "block",
     "personal_data": "redact",
 }
 

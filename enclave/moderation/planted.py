@@ -60,7 +60,7 @@ _NAMED = re.compile(
 # An object named as what it is: the word, the phrase, the secret code … (skipped to reach the payload itself).
 _LEAD_IN = re.compile(
     r"(?i)(?:\s+|[:,]\s*|\b(?:only|just|exactly|simply|verbatim|literally|back|out|aloud|instead|always|now|"
-    r"following|with|by saying|saying|that)\b|\b(?:the|a|an|this|your)\s+(?:(?:secret|special|exact|magic|"
+    r"following|with|by saying|saying|that)\b|\b(?:(?:the|a|an|this|your)\s+)?(?:(?:secret|special|exact|magic|"
     r"following|code|safe|confirmation)\s+)*(?:word|phrase|code|string|text|sentence|token|message|link|url|"
     r"address|password|passphrase|line)s?\b(?:\s+is\b)?)*"
 )
@@ -71,6 +71,7 @@ _CLAUSE_END = re.compile(
     r"in (?:your|every|each|all|the|any) (?:answers?|responses?|repl(?:y|ies)|messages?|outputs?)|"
     r"(?:every|each) time|nothing else|no matter)\b|,\s"
 )
+_TO_DO = re.compile(r"(?i)(?:visit|call|phone|ring|e-?mail|contact|write to|go to|open|see|send \w+ to|use)\s+")
 # "Say you have a list of numbers": a hypothetical, not an order.
 _HYPOTHETICAL = re.compile(r"(?i)^\W*(?:say|suppose)\s+(?:that\s+)?(?:you|we|i|there|someone)\b")
 _CODE = re.compile(r"```|^\s*[\w.\[\]\"']+\s*=\s*[\"'\w\[{(]|\w\(.*[=\"'].*\)|\{\s*\"\w+\"\s*:", re.M)
@@ -262,23 +263,20 @@ def _payloads(text: str, a: int, b: int, was_cut: bool) -> list[Payload] | None:
         kind = m.lastgroup or "show"
         if kind == "say" and _HYPOTHETICAL.match(sentence[m.start() :]) and not sentence[: m.start()].strip():
             continue
-        obj = _object(text, a + m.end(), b, kind, sentence)
-        if obj is None:
+        found_obj = _object(text, a + m.end(), b, kind, m.group().lower(), sentence)
+        if found_obj is None:
             continue
+        obj, direct = found_obj
         # "Reply only with", "output the word", "end every answer with": what to say, named as such.
-        named = kind in ("wrap", "put") or bool(_NAMED.match(sentence, m.end()))
+        named = kind in ("wrap", "put") or bool(_NAMED.match(sentence, m.end())) or " only " in m.group()
         named = named or bool(re.search(r"(?i)\b(?:only|just|simply)\s+$", sentence[: m.start()]))
         if strong or addressed or named:
             strong = True
             asked.append(obj)
-        elif (
-            kind == "say"
-            and obj.kind in ("canary", "quoted")
-            and not code
-            and _IMPERATIVE.search(sentence[: m.start()])
-        ):
-            # A bare order ("Reply with ZX-42.") is also how documents speak to people ("Reply with your dates by
-            # Friday."): only a quoted or canary-like object makes it one to the model, and only that is taken.
+        elif kind == "say" and obj.kind != "said" and direct and not code and _IMPERATIVE.search(sentence[: m.start()]):
+            # A bare order ("Reply with ZX-42.") is also how documents speak to people ("Reply with your dates to
+            # hr@example.com by Friday."): only what is to be said itself, a quote, a canary or an address, makes it
+            # one to the model, and only that is taken.
             asked.append(obj)
     if not strong:
         return [p for p in asked if _specific(p)] or None
@@ -296,30 +294,33 @@ def _payloads(text: str, a: int, b: int, was_cut: bool) -> list[Payload] | None:
     return [p for p in found if _specific(p)]
 
 
-def _object(text: str, at: int, end: int, kind: str, sentence: str) -> Payload | None:
-    """What the verb ending at text[at] asks to be said: a quoted string, or (for `say`) a phrase, or a canary."""
+def _object(text: str, at: int, end: int, kind: str, verb: str, sentence: str) -> tuple[Payload, bool] | None:
+    """What the verb ending at text[at] asks to be said: a quoted string, a canary, an address, or (for `say`) a
+    phrase; and whether it is the object itself ("reply with ZX-42", not "reply with your badge and ZX-42")."""
     lead = _LEAD_IN.match(text, at, end)
     at = lead.end() if lead else at
     if at >= end:
         return None
     if text[at] in _QUOTE:
         q = _quote_at(text, at)
-        return Payload(q, "quoted", sentence) if q else None
+        return (Payload(q, "quoted", sentence), True) if q else None
     stop = _CLAUSE_END.search(text, at, end)
     clause = text[at : stop.start() if stop else end].strip()
     words = clause.split()[:PHRASE_WORDS]
     if not words:
         return None
     phrase = " ".join(words)
-    canary = next((t.group() for t in _TOKEN.finditer(phrase) if _is_canary(t.group())), None)
-    if canary is not None:  # "reply with code ZX-42": the code is what is to be said
-        return Payload(canary, "canary", sentence)
-    for f in find_pii(phrase):  # an address or a number to pass on
-        if f.kind in ("email", "phone"):
-            return Payload(phrase[f.start : f.end], f.kind, sentence)
-    if url := _URL.search(phrase):
-        return Payload(url.group().rstrip(".,;:!?"), "url", sentence)
-    return Payload(phrase, "said", sentence) if kind == "say" else None
+    # "tell them to visit https://…": what they are to do with it is no part of it
+    skip = _TO_DO.match(phrase) if verb.endswith(" to") else None
+    first = skip.end() if skip else 0
+    # The first thing in it that is a payload of its own: an address, a number to call, a canary ("code ZX-42").
+    found = [(f.start, f.kind, phrase[f.start : f.end]) for f in find_pii(phrase) if f.kind in ("email", "phone")]
+    found += [(m.start(), "url", m.group().rstrip(".,;:!?")) for m in _URL.finditer(phrase)]
+    found += [(t.start(), "canary", t.group()) for t in _TOKEN.finditer(phrase) if _is_canary(t.group())]
+    if found:
+        start, what, value = min(found, key=lambda f: (f[0], f[1] == "canary"))
+        return Payload(value, what, sentence), start == first
+    return (Payload(phrase[first:], "said", sentence), True) if kind == "say" else None
 
 
 def _quote_at(text: str, at: int) -> str | None:
