@@ -8,6 +8,10 @@
   IBANs), and look-alikes that must not be redacted (order numbers, invalid cards, dates, versions).
 - Latency per check (input, context, and output on a growing streamed answer), p50/p95/p99.
 
+- Leave one source out (bench.moderation_loso): every labelled source — public, the project's own, the hard
+  negatives — held out in turn and judged as served by a classifier trained on the others, its operating points
+  chosen on those alone; per source and pooled, with Wilson intervals, and a plot
+  (`bench/results/moderation_loso.png`). `--skip-loso` keeps the last run's figures.
 - Public attacks and benign prompts no one here wrote (`enclave/moderation/data/public/eval.jsonl`: HarmBench,
   walledeval and giskard jailbreaks and injections, guardmeter, redharness, FreshQA; sources disjoint from the
   training split): share of attacks blocked and of benign prompts blocked, per category, with Wilson intervals,
@@ -121,12 +125,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also run the public set through CompositeModerator with this catalogue model as the guard, "
         "in process (what moderation.guard_model serves): its added recall, false positives and latency",
     )
-    ap.add_argument("--skip-loso", action="store_true", help="leave the leave-one-source-out evaluation out")
+    ap.add_argument(
+        "--skip-loso",
+        action="store_true",
+        help="do not re-run the leave-one-source-out evaluation (its last result in the JSON is kept)",
+    )
     args = ap.parse_args(argv)
     result = shipped_set()
     result["public"] = public_set()
     if not args.skip_loso:
         result["leave_one_source_out"] = loso_set()
+    elif OUT.is_file() and "leave_one_source_out" in (last := json.loads(OUT.read_text())):
+        result["leave_one_source_out"] = last["leave_one_source_out"]
     if args.guard:
         result["public"]["guard"] = asyncio.run(guard_set(args.guard))
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +388,7 @@ def loso_set() -> dict[str, Any]:
     from bench.moderation_loso import VectorCache, corpus, leave_one_out, summary
     from bench.moderation_train import TRAIN_PARTS, embedder, fit_margin, public_rows, training_rows, windows
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     rows = training_rows() + public_rows("eval")
     emb = embedder()
     cache = VectorCache(emb.embed, f"{emb.name}/{emb.backend}")
@@ -417,7 +427,7 @@ def _plot_loso(out: dict[str, Any], score: Any, truth: Any) -> None:
     order = np.argsort(-score)
     tp = np.cumsum(truth[order])
     fp = np.cumsum(~truth[order])
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, ax = plt.subplots(1, 2, figsize=(13, 5))
     ax[0].plot(tp / max(int(truth.sum()), 1), tp / np.maximum(tp + fp, 1), lw=1.5)
     ax[0].set(
         xlabel="recall (attacks)",
@@ -435,7 +445,7 @@ def _plot_loso(out: dict[str, Any], score: Any, truth: Any) -> None:
     ax[1].barh(names, shares, color=colours)
     ax[1].axvline(0.75, color="tab:red", ls=":", lw=1)
     ax[1].axvline(0.02, color="tab:green", ls=":", lw=1)
-    ax[1].set(xlabel="share blocked as served (red: attacks, target ≥ 0.75; green: benign, ≤ 0.02)", xlim=(0, 1))
+    ax[1].set(xlabel="share blocked as served (red: attacks, ≥ 0.75 wanted; green: benign, ≤ 0.02)", xlim=(0, 1))
     ax[1].tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(OUT.parent / "moderation_loso.png", dpi=110)

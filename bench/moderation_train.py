@@ -103,7 +103,7 @@ def training_rows() -> list[dict[str, str]]:
 # The benign margin (Prompt Guard 2's recipe): besides cross-entropy, a benign text is pushed until its log-odds of
 # harm is below -MARGIN, so ordinary prompts sit far from the boundary rather than just on its safe side.
 MARGIN = 2.0
-MARGIN_WEIGHT = 0.5
+MARGIN_WEIGHT = 0.2
 
 
 def fit_margin(
