@@ -81,6 +81,8 @@ pydocs:
 bench: setup pydocs
 	$(BIN)/python -m bench.moderation --guard qwen2.5-coder-0.5b-instruct
 	$(BIN)/python -m bench.context_cuts
+	# Instructions planted in documents: answers that obey them, before and after the output gate's check.
+	$(BIN)/python -m bench.planted
 	$(BIN)/python -m bench.embedding
 	$(BIN)/python -m bench.retrieval --backend onnx --data .cache/bench-retrieval-onnx --out bench/results/retrieval_onnx.json
 	$(BIN)/python -m bench.retrieval --against bench/results/retrieval_onnx.json
