@@ -277,8 +277,9 @@ def shipped_set() -> dict[str, Any]:
 
 def public_set() -> dict[str, Any]:
     """Attacks and benign prompts from public data no one here wrote, read as the server reads them."""
-    from bench.moderation_train import embed_parts, embedder, per_text_harm, public_rows
-    from enclave.moderation.embedding import EmbeddingClassifier
+    from bench.moderation_loso import VectorCache, corpus
+    from bench.moderation_train import embedder, public_rows
+    from enclave.moderation.embedding import EmbeddingClassifier, parts
 
     console = Console()
     rows = public_rows("eval")
@@ -322,8 +323,8 @@ def public_set() -> dict[str, Any]:
     # The embedding classifier's precision-recall curve (attack vs benign), and where it operates.
     clf = EmbeddingClassifier.load()
     assert clf is not None
-    vectors, owner = embed_parts([r["text"] for r in rows], emb.embed, 12, "embedding the public set")
-    score, _ = per_text_harm(clf, vectors, owner, len(rows))
+    data = corpus(rows, VectorCache(emb.embed, f"{emb.name}/{emb.backend}"), lambda text: parts(text, most=12))
+    score = data.scores(clf, np.ones(len(rows), dtype=bool))
     truth = np.asarray([r["label"] != "benign" for r in rows])
     curve = []
     for t in np.unique(np.round(score, 3)):

@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from enclave.core.settings import Settings
 from enclave.moderation.classifier import load_rows
-from enclave.moderation.embedding import WEIGHTS, EmbeddingClassifier, parts
+from enclave.moderation.embedding import WEIGHTS, EmbeddingClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT / "enclave" / "moderation" / "data" / "public"
@@ -177,32 +176,6 @@ def windows(text: str, words: int = 48, overlap: int = 8, most: int = TRAIN_PART
         return [text]
     out = [" ".join(tokens[i : i + words]) for i in range(0, len(tokens) - overlap, words - overlap)]
     return out if len(out) <= most else out[: most // 2] + out[-(most - most // 2) :]
-
-
-def embed_parts(texts: list[str], embed: Any, most: int, label: str, split: Any = parts) -> tuple[Any, list[int]]:
-    """The vectors of every part of every text (as `split` cuts them), and which text each part came from."""
-    pieces: list[str] = []
-    owner: list[int] = []
-    for i, text in enumerate(texts):
-        for p in split(text, most=most):
-            pieces.append(p)
-            owner.append(i)
-    out: list[list[float]] = []
-    with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=len(pieces))
-        for start in range(0, len(pieces), 64):
-            out += embed(pieces[start : start + 64])
-            bar.advance(task, min(64, len(pieces) - start))
-    return np.asarray(out, dtype=np.float32), owner
-
-
-def per_text_harm(clf: EmbeddingClassifier, vectors: Any, owner: list[int], n: int) -> tuple[Any, list[str]]:
-    """Each text's probability of harm and its category, as the moderator reads them (the harm of its parts)."""
-    rows: list[list[int]] = [[] for _ in range(n)]
-    for row, i in enumerate(owner):
-        rows[i].append(row)
-    judged = [clf.harm(vectors[r]) for r in rows]
-    return np.asarray([h for h, _ in judged]), [label for _, label in judged]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

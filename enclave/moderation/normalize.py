@@ -150,8 +150,10 @@ def _segment(run: str) -> str | None:
 def _unsoup(text: str) -> str | None:
     """A phrase of letter soup read back into words, or None when `text` is not soup: most of its tokens are not
     words (an ordinary sentence is made of them), and they join into at least three words."""
+    if len(text) > _SOUP_MAX:  # before splitting: every message is read here, some of them pages long
+        return None
     tokens = text.split()
-    if not tokens or len(text) > _SOUP_MAX:
+    if not tokens:
         return None
     if any(_HEXISH.fullmatch(t) for t in tokens):
         return None
